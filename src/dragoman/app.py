@@ -1,0 +1,143 @@
+"""The ASGI app of one instance: the two WebSockets, health, metrics and the HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from dragoman import http_api, metrics
+from dragoman import protocol as p
+from dragoman.connection import Connection
+from dragoman.nodes import NodeLink
+from dragoman.scheduler import Scheduler
+from dragoman.session import SessionActor
+
+log = logging.getLogger(__name__)
+
+
+def _mono_ms() -> float:
+    return time.monotonic() * 1000
+
+
+def _error(code: str, message: str) -> bytes:
+    return p.encode(p.Error(code=code, message=message))
+
+
+def create_app(scheduler: Scheduler) -> Starlette:
+    limit = scheduler.settings.max_message_bytes
+
+    async def session_socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        conn = Connection(websocket, "client")
+        owned: list[SessionActor] = []
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    continue  # F3: binary frames are ignored
+                received = _mono_ms()
+                if len(text) > limit:
+                    metrics.BAD_FRAMES.inc("session")
+                    conn.send_nowait(
+                        _error("INVALID_MESSAGE", f"Invalid message format: message larger than {limit} bytes")
+                    )
+                    continue
+                try:
+                    msg = p.decode_client(text)
+                except p.ProtocolError as exc:
+                    metrics.BAD_FRAMES.inc("session")
+                    if exc.wrong_direction:
+                        log.warning("client sent a message of the wrong direction: %.200s", text)
+                    else:
+                        conn.send_nowait(_error("INVALID_MESSAGE", f"Invalid message format: {exc.detail}"))
+                    continue
+                _route_client(scheduler, conn, owned, msg, received)
+        finally:
+            for actor in owned:
+                actor.socket_closed()
+            conn.close()
+
+    async def node_socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        conn = Connection(websocket, "node")
+        link = NodeLink(scheduler, conn)
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    continue
+                if len(text) > limit:
+                    metrics.BAD_FRAMES.inc("node")
+                    log.warning("node %s: frame of %d bytes ignored (limit %d)", link.node_id, len(text), limit)
+                    continue
+                try:
+                    await link.handle(text)
+                except Exception:  # a store outage or a bug: log it, keep the socket (§2.3)
+                    metrics.STORE_ERRORS.inc()
+                    log.exception("node %s: failed to handle a frame", link.node_id)
+        finally:
+            conn.close()
+            try:
+                await link.closed()
+            except Exception:  # the store is down: the node's liveness runs out instead
+                log.exception("node %s: failed to record the closed socket", link.node_id)
+
+    async def health(request: Request) -> Response:
+        if scheduler.store_healthy:
+            return PlainTextResponse("OK")
+        return PlainTextResponse("store unavailable", status_code=503)
+
+    async def metrics_text(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        WebSocketRoute("/ws/session", session_socket),
+        WebSocketRoute("/ws/node", node_socket),
+        Route("/health", health),
+        Route("/metrics", metrics_text),
+        *http_api.routes(scheduler),
+    ]
+    return Starlette(routes=routes)
+
+
+def _route_client(
+    scheduler: Scheduler, conn: Connection, owned: list[SessionActor], msg: p.Inbound, received: float
+) -> None:
+    """Hand one client message to its session's actor, or answer it here (§5)."""
+    if isinstance(msg, p.SessionInit):
+        actor = SessionActor(scheduler, conn, msg, p.new_session_id())
+        scheduler.sessions[actor.id] = actor
+        owned.append(actor)
+        conn.send_nowait(p.encode(p.SessionInitAck.new(actor.id, actor.trace_id)))
+    elif isinstance(msg, p.RoomMessage):
+        if not owned:
+            conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: Session not initialized"))
+        else:
+            conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: rooms are not supported yet"))
+    elif isinstance(msg, p.ClientHeartbeat):
+        if msg.session_id in scheduler.sessions:
+            now = int(time.time() * 1000)
+            conn.send_nowait(p.encode(p.ServerHeartbeat(session_id=msg.session_id, timestamp=now)))
+        else:
+            conn.send_nowait(_error("INVALID_SESSION", "Session does not exist"))
+    else:
+        session_id: str = getattr(msg, "session_id")  # noqa: B009 - every remaining type names its session
+        target = scheduler.sessions.get(session_id)
+        if target is None:
+            conn.send_nowait(
+                _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {session_id}")
+            )
+        else:
+            target.submit(msg, received)

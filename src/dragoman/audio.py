@@ -1,0 +1,45 @@
+"""Audio facts the scheduler needs, by parsing, never by decoding (PROTOCOL.md §4).
+
+Dragoman passes audio bytes through untouched; it only counts Plan A packets to know durations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PACKET_MS = 20  # Plan A: 16 kHz mono, 20 ms per Opus packet
+
+
+@dataclass(frozen=True, slots=True)
+class PlanAStats:
+    packets: int
+    voiced_packets: int  # packets longer than the silence limit
+
+    @property
+    def duration_ms(self) -> int:
+        return self.packets * PACKET_MS
+
+    @property
+    def voiced_ms(self) -> int:
+        return self.voiced_packets * PACKET_MS
+
+
+def plan_a_stats(data: bytes, silence_packet_max_bytes: int) -> PlanAStats:
+    """Count the records of a Plan A buffer (u16 little-endian length + packet). A truncated tail
+    record is not counted; records of length 0 carry no audio (the node skips them)."""
+    packets = voiced = 0
+    pos, end = 0, len(data)
+    while pos + 2 <= end:
+        length = data[pos] | (data[pos + 1] << 8)
+        pos += 2 + length
+        if pos > end:
+            break
+        if length:
+            packets += 1
+            if length > silence_packet_max_bytes:
+                voiced += 1
+    return PlanAStats(packets, voiced)
+
+
+def pcm16_duration_ms(size: int, sample_rate: int) -> int:
+    return size * 1000 // (2 * sample_rate) if sample_rate > 0 else 0

@@ -1,0 +1,62 @@
+"""The ``dragoman`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from dragoman.config import ConfigError, load_settings
+from dragoman.store.embedded import EmbeddedStoreError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dragoman", description="Scheduler for real-time speech-translation networks."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run one scheduler instance (with an embedded store by default)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 5010)")
+    serve.add_argument("--redis-url", help="an external Redis/Valkey (default: start an embedded valkey-server)")
+    serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
+    serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            {
+                "host": args.host,
+                "port": args.port,
+                "redis_url": args.redis_url,
+                "data_dir": args.data_dir,
+                "log_level": args.log_level,
+            },
+            config_file=args.config,
+        )
+    except ConfigError as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from dragoman.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except EmbeddedStoreError as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

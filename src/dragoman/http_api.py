@@ -1,0 +1,298 @@
+"""The HTTP API: one-shot jobs for API gateways (idempotent by ``Idempotency-Key``) and stats.
+
+A job made here goes through the same create-or-get script as a session's: the key is the request id,
+bound to the job in the store with a TTL, so the same key sent again — sequentially, concurrently, to
+any instance — returns the same job and exactly one ``job_assign`` goes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import re
+import time
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dragoman import protocol as p
+from dragoman.langs import job_pairs
+from dragoman.scheduler import Scheduler
+from dragoman.store import JobSpec
+
+MAX_WAIT_S = 60.0
+AUDIO_FORMATS = ("opus", "pcm16")
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=False):
+    """Body of ``POST /api/v1/jobs``."""
+
+    src_lang: str
+    tgt_lang: str
+    audio: str  # base64
+    audio_format: str = "pcm16"  # "pcm16" (s16le mono) or "opus" (Plan A)
+    sample_rate: int = 16000
+    mode: str | None = None
+    lang_a: str | None = None
+    lang_b: str | None = None
+    pipeline: p.PipelineConfig | None = None
+    dialect: str | None = None
+    features: p.FeatureFlags | None = None
+    trace_id: str | None = None
+
+
+class JobStatus(msgspec.Struct, omit_defaults=True):
+    """Body of ``GET /api/v1/jobs/{job_id}``: status, then the result or the error once resolved."""
+
+    job_id: str
+    status: str  # pending | dispatched | completed | empty | failed | timed_out
+    attempt: int
+    created_at_ms: int
+    node_id: str | None = None
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+def _problem(status: int, error: str, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status)
+
+
+_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def _invalid(exc: msgspec.ValidationError) -> JSONResponse:
+    match = _FIELD.search(str(exc))
+    return _problem(422, "invalid_request", str(exc), match.group(1) if match else None)
+
+
+async def _read_request(request: Request) -> JobRequest | JSONResponse:
+    body = await request.body()
+    try:
+        job = msgspec.json.decode(body, type=JobRequest)
+    except msgspec.ValidationError as exc:
+        return _invalid(exc)
+    except msgspec.DecodeError as exc:
+        return _problem(400, "invalid_json", f"the body is not valid JSON: {exc}")
+    try:
+        audio = base64.b64decode(job.audio, validate=True)
+    except binascii.Error:
+        return _problem(422, "invalid_request", "audio is not valid base64", "audio")
+    if not audio:
+        return _problem(422, "invalid_request", "audio is empty", "audio")
+    if job.audio_format not in AUDIO_FORMATS:
+        return _problem(422, "invalid_request", f"audio_format must be one of {AUDIO_FORMATS}", "audio_format")
+    if job.sample_rate <= 0:
+        return _problem(422, "invalid_request", "sample_rate must be positive", "sample_rate")
+    return job
+
+
+def routes(scheduler: Scheduler) -> list[Route]:
+    settings = scheduler.settings
+    store = scheduler.store
+
+    async def create_job(request: Request) -> Response:
+        key = request.headers.get("idempotency-key") or p.new_uuid()
+        if len(key) > 255:
+            return _problem(400, "invalid_header", "Idempotency-Key is longer than 255 characters", "Idempotency-Key")
+        job = await _read_request(request)
+        if isinstance(job, JSONResponse):
+            return job
+        session = "api-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        turn = p.new_uuid()
+        assign = p.JobAssign(
+            attempt_id=0,
+            job_id=p.new_job_id(),
+            session_id=session,
+            utterance_index=0,
+            src_lang=job.src_lang,
+            tgt_lang=job.tgt_lang,
+            pipeline=job.pipeline or p.DEFAULT_PIPELINE,
+            audio=job.audio,
+            audio_format=job.audio_format,
+            sample_rate=job.sample_rate,
+            trace_id=job.trace_id or p.new_uuid(),
+            dialect=job.dialect,
+            features=job.features,
+            mode=job.mode,
+            lang_a=job.lang_a,
+            lang_b=job.lang_b,
+            enable_streaming_asr=True,
+            partial_update_interval_ms=1000,
+            is_manual_cut=True,
+            turn_id=turn,
+        )
+        pair, pair2 = job_pairs(job.src_lang, job.tgt_lang, job.lang_a, job.lang_b)
+        spec = JobSpec(
+            session=session,
+            index=0,
+            tgt="api",  # the key alone names the slot
+            job_id=assign.job_id,
+            pair=pair,
+            pair2=pair2,
+            turn=turn,
+            trace=assign.trace_id,
+            owner="",
+            body=p.assign_body(assign),
+            result_ttl_ms=settings.api_result_ttl_ms,
+        )
+        try:
+            created = await scheduler.create_job(spec)
+        except Exception as exc:
+            return _problem(503, "SCHEDULER_DEPENDENCY_DOWN", f"the store is unavailable: {exc}")
+        headers = {"Location": f"/api/v1/jobs/{created.job_id}"}
+        if created.status == "existing":
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse({"job_id": created.job_id, "status": created.state}, status_code=202, headers=headers)
+
+    async def get_job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        try:
+            wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT_S)
+        except ValueError:
+            return _problem(422, "invalid_request", "wait must be a number of seconds", "wait")
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            record = await store.get_job(job_id)
+            if not record:
+                return _problem(404, "not_found", f"no job {job_id}")
+            state = record["state"].decode()
+            remaining = deadline - time.monotonic()
+            if state not in ("pending", "dispatched") or remaining <= 0:
+                return Response(msgspec.json.encode(_status(job_id, state, record)), media_type="application/json")
+            # Woken by this instance's outcome, or re-read each second for one resolved elsewhere.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(scheduler.wait_for(job_id), timeout=min(remaining, 1.0))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    return [
+        Route("/api/v1/jobs", create_job, methods=["POST"]),
+        Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+def _status(job_id: str, state: str, record: dict[str, bytes]) -> JobStatus:
+    status = JobStatus(
+        job_id=job_id,
+        status=state,
+        attempt=int(record.get("attempt", b"0")),
+        created_at_ms=int(record.get("created_ms", b"0")),
+        node_id=record.get("node", b"").decode() or None,
+    )
+    outcome = record.get("outcome", b"")
+    if state in ("completed", "empty"):
+        r = msgspec.json.decode(outcome, type=p.JobResult)
+        status.result = {
+            "text_asr": r.text_asr or "",
+            "text_translated": r.text_translated or "",
+            "tts_audio": r.tts_audio or "",
+            "tts_format": r.tts_format or "pcm16",
+        }
+        for name, value in (("extra", r.forwarded_extra()), ("service_timings", r.service_timings())):
+            if value is not None:
+                status.result[name] = value
+    elif state == "failed" and outcome.startswith(b"{"):
+        error = msgspec.json.decode(outcome, type=p.JobResult).error
+        status.error = msgspec.structs.asdict(error) if error else {"code": "PROCESSING_ERROR", "message": ""}
+    elif state == "failed":
+        status.error = {"code": outcome.decode(), "message": "no node available for this language pair"}
+    elif state == "timed_out":
+        status.error = {"code": "JOB_TIMEOUT", "message": f"no result in time ({outcome.decode()})"}
+    return status
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP job API (schemas generated from the structs above)."""
+    (request_schema, status_schema), components = msgspec.json.schema_components(
+        [JobRequest, JobStatus], ref_template="#/components/schemas/{name}"
+    )
+    problem = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "field": {"type": "string"},
+        },
+        "required": ["error", "message"],
+    }
+    components["Problem"] = problem
+
+    def errors(*codes: int) -> dict[str, Any]:
+        ref = {"$ref": "#/components/schemas/Problem"}
+        return {str(c): {"description": "error", "content": {"application/json": {"schema": ref}}} for c in codes}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Dragoman job API", "version": "1.0"},
+        "paths": {
+            "/api/v1/jobs": {
+                "post": {
+                    "summary": "Create a one-shot translation job (idempotent by Idempotency-Key)",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 255},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": request_schema}},
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "accepted (also for a replayed key: header Idempotent-Replayed)",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "job_id": {"type": "string"},
+                                            "status": {"type": "string"},
+                                        },
+                                        "required": ["job_id", "status"],
+                                    }
+                                }
+                            },
+                        },
+                        **errors(400, 422, 503),
+                    },
+                }
+            },
+            "/api/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job's status and, once resolved, its result or error",
+                    "parameters": [
+                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "description": f"long-poll: seconds to wait for the outcome (at most {MAX_WAIT_S:g})",
+                            "schema": {"type": "number", "minimum": 0},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the job",
+                            "content": {"application/json": {"schema": status_schema}},
+                        },
+                        **errors(404, 422),
+                    },
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }

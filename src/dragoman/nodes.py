@@ -1,0 +1,164 @@
+"""A compute node's socket (``/ws/node``): registration, heartbeats, results (PROTOCOL.md §7-§9).
+
+Malformed or unexpected node frames are logged, never answered (§2.3). Results are matched by
+``job_id``, ``node_id`` and ``attempt_id`` in the store, never by socket (§9.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from dragoman import metrics
+from dragoman import protocol as p
+from dragoman.connection import Connection
+from dragoman.langs import node_pairs
+
+if TYPE_CHECKING:
+    from dragoman.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+# Failures another node may not have: the job moves on instead of failing (§11.6).
+RETRYABLE = frozenset(
+    {
+        "MODEL_NOT_AVAILABLE",
+        "MODEL_LOAD_FAILED",
+        "NO_GPU_AVAILABLE",
+        "NODE_OVERLOADED",
+        "NMT_TIMEOUT",
+        "TTS_TIMEOUT",
+    }
+)
+DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
+
+
+class NodeLink:
+    def __init__(self, scheduler: Scheduler, conn: Connection) -> None:
+        self.scheduler = scheduler
+        self.conn = conn
+        self.conn_token = p.new_uuid()
+        self.node_id: str | None = None
+        self.capacity = scheduler.settings.default_node_capacity
+        self.languages: p.LanguageCapabilities | None = None
+
+    async def handle(self, raw: str | bytes) -> None:
+        try:
+            msg = p.decode_node(raw)
+        except p.ProtocolError as exc:
+            metrics.BAD_FRAMES.inc("node")
+            what = "wrong-direction message" if exc.wrong_direction else "invalid message"
+            log.warning("node %s: %s ignored: %s", self.node_id or "(unregistered)", what, exc.detail)
+            return
+        if isinstance(msg, p.NodeRegister):
+            await self._register(msg)
+        elif self.node_id is None:
+            log.warning("unregistered node socket sent %s; ignored", type(msg).__name__)
+        elif isinstance(msg, p.NodeError):
+            log.warning("node %s reports %s: %s %r", self.node_id, msg.code, msg.message, msg.details)
+        elif msg.node_id != self.node_id:
+            log.warning("node %s: %s names node %s; ignored", self.node_id, type(msg).__name__, msg.node_id)
+        elif isinstance(msg, p.NodeHeartbeat):
+            await self._heartbeat(msg)
+        elif isinstance(msg, p.JobResult):
+            await self._result(msg, raw)
+        elif isinstance(msg, p.NodeAsrPartial):
+            actor = self.scheduler.sessions.get(msg.session_id)
+            if actor is not None:
+                actor.partial(msg)
+        elif isinstance(msg, p.JobAck | p.JobStarted):
+            mark = "accepted" if isinstance(msg, p.JobAck) else "running"
+            found = await self.scheduler.store.mark_job(msg.job_id, self.node_id, msg.attempt_id, mark)
+            actor = self.scheduler.sessions.get(found[0]) if found else None
+            if actor is not None and isinstance(msg, p.JobAck):
+                actor.notify(msg.job_id, "NODE_ACCEPTED")
+
+    def _capacity(self, announced: int | None) -> int:
+        if announced is not None and announced >= 1:
+            self.capacity = announced
+        return self.capacity
+
+    async def _register(self, msg: p.NodeRegister) -> None:
+        node_id = msg.node_id or p.new_node_id()
+        if self.node_id is not None and self.node_id != node_id:
+            await self.closed()  # the socket re-registers as another node: the old one is gone
+        self.languages = msg.language_capabilities
+        info = p.encode(
+            {
+                "version": msg.version,
+                "platform": msg.platform,
+                "hardware": msg.hardware,
+                "installed_services": msg.installed_services or [],
+                "capability_by_type": msg.capability_by_type,
+                "features_supported": msg.features_supported,
+                "language_capabilities": msg.language_capabilities,
+            }
+        )
+        capacity = self._capacity(msg.max_concurrent_jobs)
+        await self.scheduler.store.register_node(node_id, self.conn_token, self.scheduler.instance_id, capacity, info)
+        previous = self.scheduler.nodes.get(node_id)
+        self.node_id = node_id
+        self.scheduler.nodes[node_id] = self
+        if previous is not None and previous is not self:
+            log.info("node %s registered on a new socket; closing the old one", node_id)
+            previous.conn.close(1000)
+        self.conn.send_nowait(p.encode(p.NodeRegisterAck.new(node_id)))
+        log.info("node %s registered (capacity %d)", node_id, capacity)
+
+    async def _heartbeat(self, msg: p.NodeHeartbeat) -> None:
+        assert self.node_id is not None
+        if msg.language_capabilities is not None:
+            self.languages = msg.language_capabilities
+        langs = self.languages
+        pairs = node_pairs(langs.asr_languages or [], langs.semantic_languages or []) if langs else []
+        load = p.encode(
+            {
+                "resource_usage": msg.resource_usage,
+                "installed_services": msg.installed_services,
+                "capability_by_type": msg.capability_by_type,
+                "processing_metrics": msg.processing_metrics,
+                "language_capabilities": langs,
+            }
+        )
+        capacity = self._capacity(msg.max_concurrent_jobs)
+        ok, actions = await self.scheduler.store.heartbeat_node(
+            self.node_id, self.conn_token, pairs, capacity, load, drain=DRAIN_LIMIT
+        )
+        if not ok:
+            log.warning("node %s: heartbeat on a socket that no longer holds the node; closing it", self.node_id)
+            self.conn.close(1000)
+        await self.scheduler.apply(actions)
+
+    async def _result(self, msg: p.JobResult, raw: str | bytes) -> None:
+        assert self.node_id is not None
+        block_ms = 0
+        if msg.success:
+            kind = "empty" if msg.is_empty else "completed"
+        elif msg.error is not None and msg.error.code in RETRYABLE:
+            kind = "retry"
+            if msg.error.code == "MODEL_NOT_AVAILABLE":
+                block_ms = self.scheduler.settings.model_exclusion_ms
+        else:
+            kind = "failed"
+        verdict, actions = await self.scheduler.store.complete_job(
+            msg.job_id, self.node_id, msg.attempt_id, kind, raw, block_ms, drain=DRAIN_LIMIT
+        )
+        if verdict != "accepted":
+            metrics.STALE_RESULTS.inc(verdict)
+            log.info(
+                "node %s: %s result for %s (attempt %d) dropped",
+                self.node_id,
+                verdict,
+                msg.job_id,
+                msg.attempt_id,
+            )
+        await self.scheduler.apply(actions)
+
+    async def closed(self) -> None:
+        """The socket closed: the node leaves every pool at once and its attempts fail over."""
+        node_id, self.node_id = self.node_id, None
+        if node_id is None:
+            return
+        if self.scheduler.nodes.get(node_id) is self:
+            del self.scheduler.nodes[node_id]
+        await self.scheduler.apply(await self.scheduler.store.node_gone(node_id, self.conn_token))

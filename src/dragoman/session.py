@@ -1,0 +1,581 @@
+"""A client session's actor: one asyncio task owns all of the session's local state.
+
+It cuts streamed audio into utterances (``Segmenter``), numbers them, orders one-shot ``utterance``
+messages, creates jobs, and releases each slot's single outcome in ``utterance_index`` order with a
+bounded wait for a missing one (PROTOCOL.md §10-§12). Others talk to it only through its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from dragoman import metrics
+from dragoman import protocol as p
+from dragoman.langs import job_pairs
+from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
+from dragoman.store import JobSpec, Outcome, now_ms
+
+if TYPE_CHECKING:
+    from dragoman.scheduler import Connection, Scheduler
+
+log = logging.getLogger(__name__)
+
+_decode_result = msgspec.json.Decoder(p.JobResult).decode
+
+
+def _mono_ms() -> float:
+    return time.monotonic() * 1000
+
+
+@dataclass(slots=True)
+class Slot:
+    """One utterance index with a job: waits for the job's outcome, then for its turn to be released."""
+
+    index: int
+    job_id: str
+    streaming: bool
+    pair: str
+    trace: str
+    client_ts: int | None
+    outcome: Outcome | None = None
+    frames: list[bytes] = field(default_factory=list)  # set when resolved by Dragoman itself
+    resolved_at: float | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    group_id: str
+    parts: int = 0
+    closed: bool = False
+    play_end_ms: int | None = None
+
+
+# Events on the actor's queue.
+@dataclass(slots=True)
+class _Message:
+    msg: p.Inbound
+    received: float
+
+
+@dataclass(slots=True)
+class _Resolved:
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class _Partial:
+    msg: p.NodeAsrPartial
+
+
+class _Wake:
+    pass
+
+
+class _SocketClosed:
+    pass
+
+
+_WAKE = _Wake()
+_SOCKET_CLOSED = _SocketClosed()
+
+
+class SessionActor:
+    def __init__(self, scheduler: Scheduler, conn: Connection, init: p.SessionInit, session_id: str) -> None:
+        self.scheduler = scheduler
+        self.settings = scheduler.settings
+        self.conn = conn
+        self.id = session_id
+        self.init = init
+        self.trace_id = init.trace_id or p.new_uuid()
+        self.segmenter = Segmenter(self.settings)
+        self.next_index = 0  # the next utterance index (§10.2, §11.3)
+        self.slots: dict[int, Slot] = {}  # unreleased slots, in increasing index order
+        self._by_job: dict[str, int] = {}
+        self._head_since = _mono_ms()
+        self._held: dict[int, tuple[p.Utterance, float]] = {}  # utterance messages waiting for lower indices
+        self._held_since: float | None = None
+        self._group: _Group | None = None
+        self._closing_until: float | None = None
+        self._closed = False
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.task = asyncio.create_task(self._run(), name=f"session {session_id}")
+
+    # -- the actor's inbox (called from other tasks) ----------------------------------------------
+
+    def submit(self, msg: p.Inbound, received: float) -> None:
+        self._queue.put_nowait(_Message(msg, received))
+
+    def resolve(self, outcome: Outcome) -> None:
+        self._queue.put_nowait(_Resolved(outcome))
+
+    def partial(self, msg: p.NodeAsrPartial) -> None:
+        self._queue.put_nowait(_Partial(msg))
+
+    def socket_closed(self) -> None:
+        self._queue.put_nowait(_SOCKET_CLOSED)
+
+    def notify(self, job_id: str, event: str, error_code: str | None = None) -> None:
+        """A ui_event for one of this session's unresolved jobs, sent at once (any task may call this)."""
+        index = self._by_job.get(job_id)
+        slot = self.slots.get(index) if index is not None else None
+        if slot is not None and slot.resolved_at is None:
+            self._send_nowait(self._ui(slot, event, error_code=error_code))
+
+    # -- the actor ----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            event = await self._queue.get()
+            try:
+                await self._handle(event)
+            except Exception as exc:  # principle 3: report, go on, never wedge
+                log.exception("session %s: failed to handle %s", self.id, type(event).__name__)
+                if isinstance(event, _Message):
+                    await self.send(
+                        p.encode(p.Error(code="INTERNAL_ERROR", message=f"Failed to process message: {exc}"))
+                    )
+            if not self._closed:
+                self._rearm()
+
+    async def _handle(self, event: Any) -> None:
+        if isinstance(event, _Message):
+            await self._on_message(event.msg, event.received)
+        elif isinstance(event, _Resolved):
+            self._on_outcome(event.outcome)
+        elif isinstance(event, _Partial):
+            self._on_partial(event.msg)
+        elif isinstance(event, _Wake):
+            await self._on_wake()
+        elif isinstance(event, _SocketClosed):
+            await self._discard()
+        await self._release()
+
+    def _rearm(self) -> None:
+        deadlines = [self.segmenter.timer_deadline(), self._gap_deadline(), self._closing_until]
+        if self._held_since is not None:
+            deadlines.append(self._held_since + self.settings.utterance_reorder_ms)
+        due = min((d for d in deadlines if d is not None), default=None)
+        if due == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = None
+        if due is not None:
+            delay = max(0.0, (due - _mono_ms()) / 1000)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = self._timer_at = None
+        self._queue.put_nowait(_WAKE)
+
+    async def _on_wake(self) -> None:
+        now = _mono_ms()
+        for cut in self.segmenter.on_timer(now):
+            await self._create_from_cut(cut, now)
+        if self._held_since is not None and now >= self._held_since + self.settings.utterance_reorder_ms:
+            await self._dispatch_held(force=True)
+        gap = self._gap_deadline()
+        if gap is not None and now >= gap:
+            head = next(iter(self.slots.values()))
+            metrics.GAP_TIMEOUTS.inc()
+            await self._give_up([head], "gap_timeout")
+        if self._closing_until is not None and now >= self._closing_until:
+            await self._give_up([s for s in self.slots.values() if s.outcome is None and not s.frames], "session_close")
+
+    # -- client messages ----------------------------------------------------------------------------
+
+    async def _on_message(self, msg: p.Inbound, received: float) -> None:
+        if isinstance(msg, p.AudioChunk):
+            payload = b""
+            if msg.payload:
+                try:
+                    payload = base64.b64decode(msg.payload, validate=True)
+                except binascii.Error:
+                    log.warning(
+                        "session %s: undecodable audio_chunk payload (seq %s) treated as empty",
+                        self.id,
+                        msg.seq,
+                    )
+            now = _mono_ms()
+            for cut in self.segmenter.on_chunk(payload, msg.is_final, now, msg.client_timestamp_ms):
+                await self._create_from_cut(cut, received)
+        elif isinstance(msg, p.Utterance):
+            await self._on_utterance(msg, received)
+        elif isinstance(msg, p.TtsStarted):
+            self.segmenter.on_tts_started(_mono_ms())
+        elif isinstance(msg, p.TtsPlayEnded):
+            self.segmenter.on_tts_ended(_mono_ms())
+            if self._group is not None and self._group.group_id == msg.group_id:
+                self._group.play_end_ms = msg.ts_end_ms
+        elif isinstance(msg, p.SessionClose):
+            await self._on_close()
+
+    async def _on_utterance(self, msg: p.Utterance, received: float) -> None:
+        i = msg.utterance_index
+        if i < self.next_index or i in self._held:
+            await self.send(p.encode(p.Error(code="INVALID_MESSAGE", message=f"utterance_index {i} already used")))
+            return
+        try:
+            audio = base64.b64decode(msg.audio, validate=True)
+        except binascii.Error:
+            audio = b""
+        if not audio:
+            await self.send(
+                p.encode(p.Error(code="INTERNAL_ERROR", message="Failed to process message: Audio decode failed"))
+            )
+            return
+        self._held[i] = (msg, received)
+        if self._held_since is None:
+            self._held_since = _mono_ms()
+        await self._dispatch_held(force=False)
+
+    async def _dispatch_held(self, force: bool) -> None:
+        """Dispatch held utterances in index order: the contiguous ones, or all of them when forced (§11.3)."""
+        while self._held:
+            low = min(self._held)
+            if low != self.next_index and not force:
+                break
+            msg, received = self._held.pop(low)
+            await self._create_from_utterance(msg, received)
+        self._held_since = _mono_ms() if self._held else None
+
+    async def _on_close(self) -> None:
+        for cut in self.segmenter.flush():
+            await self._create_from_cut(cut, _mono_ms())
+        await self._dispatch_held(force=True)
+        if self._group is not None:
+            self._group.closed = True
+        self._closing_until = _mono_ms() + self.settings.close_grace_ms
+
+    async def _finish_close(self) -> None:
+        await self.send(p.encode(p.SessionCloseAck(session_id=self.id)))
+        self._stop()
+
+    async def _discard(self) -> None:
+        """The socket is gone: cancel running jobs and drop what was buffered (§6.10)."""
+        pending = [s.job_id for s in self.slots.values() if s.outcome is None and not s.frames]
+        self.slots.clear()
+        self._stop()
+        with contextlib.suppress(Exception):
+            await self.scheduler.cancel_jobs(pending, "session_closed")
+
+    def _stop(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.scheduler.sessions.pop(self.id, None)
+
+    # -- jobs -----------------------------------------------------------------------------------------
+
+    def _take_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
+
+    async def _create_from_cut(self, cut: Cut, received: float) -> None:
+        s = self.init
+        index = self._take_index()
+        job_id = p.new_job_id()
+        assign = p.JobAssign(
+            attempt_id=0,
+            job_id=job_id,
+            session_id=self.id,
+            utterance_index=index,
+            src_lang=s.src_lang,
+            tgt_lang=s.tgt_lang,
+            pipeline=p.DEFAULT_PIPELINE,
+            audio=base64.b64encode(cut.audio).decode(),
+            audio_format="opus",
+            sample_rate=16000,
+            trace_id=self.trace_id,
+            dialect=s.dialect,
+            features=s.features,
+            mode=s.mode,
+            lang_a=s.lang_a,
+            lang_b=s.lang_b,
+            auto_langs=s.auto_langs,
+            enable_streaming_asr=True,
+            partial_update_interval_ms=1000,
+            padding_ms=PADDING_MS[cut.reason],
+            is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
+            is_timeout_triggered=cut.reason is CutReason.TIMEOUT,
+            is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
+            turn_id=cut.turn_id,
+        )
+        pair, pair2 = job_pairs(s.src_lang, s.tgt_lang, s.lang_a, s.lang_b)
+        slot = Slot(index, job_id, True, pair, self.trace_id, cut.client_timestamp_ms)
+        await self._create(slot, assign, pair2, s.tgt_lang, cut.turn_id, received)
+        await self._dispatch_held(force=False)  # an utterance message may be waiting for this index
+
+    async def _create_from_utterance(self, msg: p.Utterance, received: float) -> None:
+        s = self.init
+        index = msg.utterance_index
+        self.next_index = max(self.next_index, index + 1)
+        job_id = p.new_job_id()
+        trace = msg.trace_id or self.trace_id
+        turn = p.new_uuid()
+        assign = p.JobAssign(
+            attempt_id=0,
+            job_id=job_id,
+            session_id=self.id,
+            utterance_index=index,
+            src_lang=msg.src_lang,
+            tgt_lang=msg.tgt_lang,
+            pipeline=msg.pipeline or p.DEFAULT_PIPELINE,
+            audio=msg.audio,
+            audio_format=msg.audio_format,
+            sample_rate=msg.sample_rate,
+            trace_id=trace,
+            dialect=msg.dialect or s.dialect,
+            features=msg.features or s.features,
+            mode=s.mode,
+            lang_a=s.lang_a,
+            lang_b=s.lang_b,
+            auto_langs=s.auto_langs,
+            enable_streaming_asr=True,
+            partial_update_interval_ms=1000,
+            is_manual_cut=True,  # each utterance is a whole turn: without it the node would hold the audio (§11.2)
+            turn_id=turn,
+        )
+        pair, pair2 = job_pairs(msg.src_lang, msg.tgt_lang, s.lang_a, s.lang_b)
+        slot = Slot(index, job_id, False, pair, trace, None)
+        await self._create(slot, assign, pair2, msg.tgt_lang, turn, received)
+
+    async def _create(self, slot: Slot, assign: p.JobAssign, pair2: str, tgt: str, turn: str, received: float) -> None:
+        if not self.slots:
+            self._head_since = _mono_ms()
+        self.slots[slot.index] = slot
+        self._by_job[slot.job_id] = slot.index
+        spec = JobSpec(
+            session=self.id,
+            index=slot.index,
+            tgt=tgt,
+            job_id=slot.job_id,
+            pair=slot.pair,
+            pair2=pair2,
+            turn=turn,
+            trace=slot.trace,
+            owner=self.scheduler.instance_id,
+            body=p.assign_body(assign),
+            result_ttl_ms=self.settings.session_result_ttl_ms,
+        )
+        try:
+            created = await self.scheduler.create_job(spec)
+        except Exception as exc:  # B1: the slot fails, the session goes on
+            log.warning("session %s: job creation for index %d failed: %s", self.id, slot.index, exc)
+            slot.frames = [
+                p.encode(p.Error(code="SCHEDULER_DEPENDENCY_DOWN", message=f"Scheduler store unavailable: {exc}"))
+            ]
+            slot.resolved_at = _mono_ms()
+            return
+        if created.job_id != slot.job_id:  # the slot already had a job (a retry): follow that one
+            del self._by_job[slot.job_id]
+            slot.job_id = created.job_id
+            self._by_job[slot.job_id] = slot.index
+        metrics.DISPATCH_LATENCY.observe((_mono_ms() - received) / 1000)
+
+    async def _give_up(self, slots: list[Slot], reason: str) -> None:
+        """Resolve slots as timed out on Dragoman's side (gap timeout, close grace) and cancel their jobs."""
+        if not slots:
+            return
+        for slot in slots:
+            slot.outcome = None
+            slot.frames = [self._missing(slot, "gap_timeout")]
+            slot.resolved_at = _mono_ms()
+        await self.scheduler.cancel_jobs([s.job_id for s in slots], reason)
+
+    # -- outcomes -------------------------------------------------------------------------------------
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        index = self._by_job.get(outcome.job_id)
+        slot = self.slots.get(index) if index is not None else None
+        if slot is None or slot.outcome is not None or slot.frames:
+            return  # already resolved here (gap timeout, close): exactly one outcome per slot
+        slot.outcome = outcome
+        slot.resolved_at = _mono_ms()
+        elapsed = max(0, now_ms() - outcome.created_ms)
+        if outcome.state == "completed":
+            result = _decode_result(outcome.detail)
+            if result.text_asr:
+                self._send_nowait(self._ui(slot, "ASR_FINAL", elapsed_ms=elapsed))
+            if result.text_translated:
+                self._send_nowait(self._ui(slot, "NMT_DONE", elapsed_ms=elapsed))
+        elif outcome.state == "failed":
+            code = self._failure(outcome)[0]
+            self._send_nowait(self._ui(slot, "ERROR", error_code=code if code in p.ERROR_CODES else None))
+        elif outcome.state == "timed_out":
+            self._send_nowait(self._ui(slot, "ERROR", error_code="JOB_TIMEOUT"))
+
+    def _on_partial(self, msg: p.NodeAsrPartial) -> None:
+        index = self._by_job.get(msg.job_id)
+        slot = self.slots.get(index) if index is not None else None
+        if slot is None or slot.outcome is not None or slot.frames:
+            return
+        self._send_nowait(
+            p.encode(
+                p.ClientAsrPartial(
+                    session_id=self.id,
+                    utterance_index=slot.index,
+                    job_id=slot.job_id,
+                    text=msg.text,
+                    is_final=msg.is_final,
+                    trace_id=slot.trace,
+                )
+            )
+        )
+        self._send_nowait(self._ui(slot, "ASR_PARTIAL"))
+
+    def _gap_deadline(self) -> float | None:
+        """When the head slot, unresolved while a later one waits behind it, is given up (§12.3)."""
+        if not self.slots:
+            return None
+        it = iter(self.slots.values())
+        head = next(it)
+        if head.resolved_at is not None:
+            return None
+        waiting = [s.resolved_at for s in it if s.resolved_at is not None]
+        if not waiting:
+            return None
+        return max(self._head_since, min(waiting)) + self.settings.gap_timeout_ms
+
+    async def _release(self) -> None:
+        """Send every resolved slot at the head, in index order."""
+        while self.slots:
+            index, slot = next(iter(self.slots.items()))
+            if slot.resolved_at is None:
+                break
+            del self.slots[index]
+            self._by_job.pop(slot.job_id, None)
+            self._head_since = _mono_ms()
+            for frame in slot.frames or self._outcome_frames(slot):
+                await self.send(frame)
+        if self._closing_until is not None and not self.slots and not self._closed:
+            await self._finish_close()
+
+    def _outcome_frames(self, slot: Slot) -> list[bytes]:
+        outcome = slot.outcome
+        assert outcome is not None
+        metrics.JOBS_RESOLVED.inc(outcome.state)
+        if outcome.state == "completed":
+            return [self._translation_result(slot, outcome)]
+        if outcome.state == "empty":
+            return [self._missing(slot, "silence_detected")]
+        if outcome.state == "failed":
+            code, message, details = self._failure(outcome)
+            if code == "NO_AVAILABLE_NODE" and not slot.streaming:
+                code, message = (
+                    "INTERNAL_ERROR",
+                    f"Failed to process message: no node available for pair {slot.pair}",
+                )
+            return [p.encode(p.Error(code=code, message=message, details=details))]
+        return [self._missing(slot, "gap_timeout")]
+
+    @staticmethod
+    def _failure(outcome: Outcome) -> tuple[str, str, Any]:
+        """(code, message, details) of a failed outcome: the node's error verbatim, or Dragoman's."""
+        if outcome.detail.startswith(b"{"):
+            error = _decode_result(outcome.detail).error
+            if error is not None:
+                return error.code, error.message, error.details
+            return "PROCESSING_ERROR", "the node reported a failure without an error", None
+        code = outcome.detail.decode()
+        if code == "NO_AVAILABLE_NODE":
+            return code, "No available node for this language pair, please retry later", None
+        return code, code, None
+
+    def _translation_result(self, slot: Slot, outcome: Outcome) -> bytes:
+        r = _decode_result(outcome.detail)
+        now = now_ms()
+        group_id = part_index = None
+        if r.text_asr:
+            g = self._group
+            if (
+                g is None
+                or g.closed
+                or (g.play_end_ms is not None and now - g.play_end_ms > self.settings.group_window_ms)
+            ):
+                g = self._group = _Group(f"group_{self.id}_{now}")
+            group_id, part_index = g.group_id, g.parts
+            g.parts += 1
+        return p.encode(
+            p.TranslationResult(
+                session_id=self.id,
+                utterance_index=slot.index,
+                job_id=outcome.job_id,
+                text_asr=r.text_asr or "",
+                text_translated=r.text_translated or "",
+                tts_audio=r.tts_audio or "",
+                tts_format=r.tts_format or "pcm16",
+                trace_id=outcome.trace,
+                scheduler_sent_at_ms=now,
+                extra=r.forwarded_extra(),
+                group_id=group_id,
+                part_index=part_index,
+                service_timings=r.service_timings(),
+                network_timings=self._network_timings(slot, outcome, r),
+                asr_quality_level=r.asr_quality_level,
+                reason_codes=r.reason_codes,
+                quality_score=r.quality_score,
+                rerun_count=r.rerun_count,
+                segments_meta=r.segments_meta,
+            )
+        )
+
+    @staticmethod
+    def _network_timings(slot: Slot, outcome: Outcome, r: p.JobResult) -> p.NetworkTimings | None:
+        if outcome.dispatched_ms is None:
+            return None
+
+        def diff(later: int | None, earlier: int | None) -> int | None:
+            return later - earlier if later is not None and earlier is not None and later >= earlier else None
+
+        resolved_at = now_ms()
+        return p.NetworkTimings(
+            web_to_scheduler_ms=diff(outcome.created_ms, slot.client_ts),
+            scheduler_to_node_ms=diff(outcome.dispatched_ms, outcome.created_ms),
+            node_to_scheduler_ms=diff(resolved_at, r.node_completed_at_ms),
+        )
+
+    def _missing(self, slot: Slot, reason: Any) -> bytes:
+        return p.encode(
+            p.MissingResult(
+                session_id=self.id,
+                utterance_index=slot.index,
+                reason=reason,
+                created_at_ms=now_ms(),
+                trace_id=slot.trace,
+            )
+        )
+
+    def _ui(self, slot: Slot, event: str, **extra: Any) -> bytes:
+        return p.encode(
+            p.UiEvent(
+                trace_id=slot.trace,
+                session_id=self.id,
+                job_id=slot.job_id,
+                utterance_index=slot.index,
+                event=event,
+                status="error" if event == "ERROR" else "ok",
+                **extra,
+            )
+        )
+
+    # -- the socket -----------------------------------------------------------------------------------
+
+    async def send(self, frame: bytes) -> None:
+        await self.conn.send(frame)
+
+    def _send_nowait(self, frame: bytes) -> None:
+        self.conn.send_nowait(frame)

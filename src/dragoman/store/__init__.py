@@ -1,0 +1,5 @@
+"""The store: shared state in Redis/Valkey, its Lua scripts, and the embedded server."""
+
+from dragoman.store.store import Action, Assign, Cancel, Created, DropNode, JobSpec, Outcome, Store, now_ms
+
+__all__ = ["Action", "Assign", "Cancel", "Created", "DropNode", "JobSpec", "Outcome", "Store", "now_ms"]

@@ -1,0 +1,234 @@
+"""The store: every piece of shared state, changed only through one atomic script per mutation.
+
+``Store`` turns the scripts' replies into typed actions (``Assign``, ``Cancel``, ``Outcome``,
+``DropNode``) that the scheduler carries out on its sockets. All scheduling keys share one hash tag
+(``{sched}``), so every script touches one hash slot; see docs/ARCHITECTURE.md for the key schema.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+
+from dragoman.config import Settings
+from dragoman.store.scripts import Scripts
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    """Send attempt ``attempt`` of the job to ``node`` (held by ``instance``)."""
+
+    job_id: str
+    node: str
+    instance: str
+    attempt: int
+    body: bytes  # the job_assign frame after its attempt id (protocol.assign_frame)
+    session: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Tell ``node`` to stop working on the job (best effort: N11)."""
+
+    job_id: str
+    node: str
+    instance: str
+    trace: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The job's single outcome. ``detail`` is the node's raw job_result, or Dragoman's error code."""
+
+    job_id: str
+    state: str  # completed | empty | failed | timed_out
+    detail: bytes
+    session: str
+    index: int
+    owner: str
+    trace: str
+    created_ms: int
+    dispatched_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DropNode:
+    """The node's liveness ran out: close its socket if this instance holds it."""
+
+    node: str
+    instance: str
+
+
+Action = Assign | Cancel | Outcome | DropNode
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _action(row: list[Any]) -> Action:
+    kind = _s(row[0])
+    if kind == "assign":
+        return Assign(_s(row[1]), _s(row[2]), _s(row[3]), int(row[4]), row[5] or b"", _s(row[6]), _s(row[7]))
+    if kind == "cancel":
+        return Cancel(_s(row[1]), _s(row[2]), _s(row[3]), _s(row[4]), _s(row[5]))
+    if kind == "outcome":
+        return Outcome(
+            job_id=_s(row[1]),
+            state=_s(row[2]),
+            detail=row[3] if isinstance(row[3], bytes) else str(row[3]).encode(),
+            session=_s(row[4]),
+            index=int(row[5]),
+            owner=_s(row[6]),
+            trace=_s(row[7]),
+            created_ms=int(row[8]),
+            dispatched_ms=int(row[9]) if row[9] else None,
+        )
+    if kind == "drop_node":
+        return DropNode(_s(row[1]), _s(row[2]))
+    raise ValueError(f"unknown store action {kind!r}")
+
+
+def _actions(rows: list[Any]) -> list[Action]:
+    return [_action(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What create-or-get needs to know about a job."""
+
+    session: str
+    index: int
+    tgt: str
+    job_id: str  # proposed: used only if the slot has no job yet
+    pair: str  # "src:tgt" after normalisation, "" when no node can be eligible
+    pair2: str  # the reverse pair a two-way job also needs, or ""
+    turn: str
+    trace: str
+    owner: str  # instance that delivers the outcome, "" for HTTP API jobs
+    body: bytes
+    result_ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    status: str  # created | existing
+    job_id: str
+    state: str
+    actions: list[Action]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """One store connection pool and the scripts bound to it."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+        self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=False, health_check_interval=0)
+        self.prefix = f"{settings.key_prefix}:{{sched}}:"
+        self._keys = [self.prefix + "deadlines"]
+        self._scripts = Scripts(self.client)
+        self._header_tail = [
+            settings.job_timeout_ms,
+            settings.pending_timeout_ms,
+            settings.affinity_ttl_ms,
+            settings.failover_max_attempts + 1,
+            settings.binding_ttl_ms,
+        ]
+
+    async def open(self) -> None:
+        await self.client.ping()
+        await self._scripts.load()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        header = [self.prefix, now_ms(), random.random(), *self._header_tail]
+        return await self._scripts.call(name, self._keys, [*header, *args])
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def create_job(self, spec: JobSpec) -> Created:
+        rows = await self._call(
+            "create_job",
+            spec.session,
+            spec.index,
+            spec.tgt,
+            spec.job_id,
+            spec.pair,
+            spec.pair2,
+            spec.turn,
+            spec.trace,
+            spec.owner,
+            spec.body,
+            spec.result_ttl_ms,
+        )
+        head = rows[0]
+        return Created(_s(head[1]), _s(head[2]), _s(head[3]), _actions(rows[1:]))
+
+    async def complete_job(
+        self, job_id: str, node: str, attempt: int, kind: str, raw: bytes | str, block_ms: int, drain: int
+    ) -> tuple[str, list[Action]]:
+        rows = await self._call("complete_job", job_id, node, attempt, kind, raw, block_ms, drain)
+        return _s(rows[0][1]), _actions(rows[1:])
+
+    async def mark_job(self, job_id: str, node: str, attempt: int, mark: str) -> tuple[str, int, str] | None:
+        row = await self._call("mark_job", job_id, node, attempt, mark)
+        return (_s(row[0]), int(row[1]), _s(row[2])) if row else None
+
+    async def cancel_jobs(self, job_ids: list[str], reason: str) -> list[Action]:
+        if not job_ids:
+            return []
+        return _actions(await self._call("cancel_jobs", reason, *job_ids))
+
+    async def get_job(self, job_id: str) -> dict[str, bytes]:
+        raw: dict[bytes, bytes] = await self.client.hgetall(f"{self.prefix}job:{job_id}")  # type: ignore[assignment]
+        return {k.decode(): v for k, v in raw.items()}
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    async def register_node(self, node: str, conn: str, instance: str, cap: int, info: bytes) -> tuple[str, str]:
+        row = await self._call("register_node", node, conn, instance, cap, info, self.settings.node_liveness_ms)
+        return _s(row[0]), _s(row[1])
+
+    async def heartbeat_node(
+        self, node: str, conn: str, pairs: list[str], cap: int, load: bytes, drain: int
+    ) -> tuple[bool, list[Action]]:
+        rows = await self._call(
+            "heartbeat_node", node, conn, " ".join(pairs), cap, load, self.settings.node_liveness_ms, drain
+        )
+        return _s(rows[0][1]) == "ok", _actions(rows[1:])
+
+    async def node_gone(self, node: str, conn: str) -> list[Action]:
+        return _actions(await self._call("node_gone", node, conn))
+
+    async def nodes(self) -> list[dict[str, bytes]]:
+        """Every registered node's record, for the HTTP views."""
+        ids: list[bytes] = await self.client.zrange(self.prefix + "live", 0, -1)  # type: ignore[assignment]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for node in ids:
+                pipe.hgetall(f"{self.prefix}node:{node.decode()}")
+            rows: list[dict[bytes, bytes]] = await pipe.execute()
+        return [{"id": n, **{k.decode(): v for k, v in r.items()}} for n, r in zip(ids, rows, strict=True) if r]
+
+    # -- instances and the periodic sweep ---------------------------------------------------------
+
+    async def announce(self, instance: str, description: bytes) -> None:
+        await self._call("announce_instance", instance, self.settings.instance_ttl_ms, description)
+
+    async def leave(self, instance: str) -> None:
+        await self._call("announce_instance", instance, self.settings.instance_ttl_ms, "")
+
+    async def tick(self, limit: int = 256) -> list[Action]:
+        return _actions(await self._call("tick", limit))
