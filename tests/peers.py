@@ -231,9 +231,7 @@ class Peer:
         try:
             data = await asyncio.wait_for(ws.recv(), timeout)
         except ConnectionClosed as exc:
-            raise AssertionError(
-                f"{self._name()}: connection closed while waiting for a frame ({exc})"
-            ) from exc
+            raise AssertionError(f"{self._name()}: connection closed while waiting for a frame ({exc})") from exc
         if isinstance(data, bytes):
             raise AssertionError(f"{self._name()}: received a binary frame of {len(data)} bytes (F3)")
         try:
@@ -267,9 +265,7 @@ class Peer:
                 ) from None
             except AssertionError as exc:
                 raise AssertionError(f"{exc} [while waiting for {type_!r} matching {match}]") from exc
-            if frame.get("type") == type_ and all(
-                key in frame and frame[key] == value for key, value in match.items()
-            ):
+            if frame.get("type") == type_ and all(key in frame and frame[key] == value for key, value in match.items()):
                 return frame
             passed.append(frame)
             self.skipped.append(frame)
@@ -511,9 +507,7 @@ class LinguaNode(Peer):
         frame = self._echo(job)
         frame["success"] = success
         frame["text_asr"] = f"asr {index}" if text_asr is None else text_asr
-        frame["text_translated"] = (
-            f"{job.get('tgt_lang')}: asr {index}" if text_translated is None else text_translated
-        )
+        frame["text_translated"] = f"{job.get('tgt_lang')}: asr {index}" if text_translated is None else text_translated
         frame["tts_audio"] = b64(tts_audio)
         frame["tts_format"] = "opus"
         if extra is not None:

@@ -19,7 +19,7 @@ from dragoman.store.embedded import EmbeddedStore
 log = logging.getLogger("dragoman")
 
 
-class _Server(uvicorn.Server):
+class UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: ours stops the server, then the scheduler and the store."""
 
     @contextlib.contextmanager
@@ -48,7 +48,7 @@ async def serve(settings: Settings) -> None:
             ws_ping_interval=20,
             lifespan="off",
         )
-        server = _Server(config)
+        server = UvicornServer(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

@@ -1,0 +1,121 @@
+"""Fixtures: a real valkey-server for the whole run, and real Dragoman instances on loopback ports.
+
+Each Dragoman started here gets its own key prefix, so tests share one store without seeing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from dragoman.app import create_app
+from dragoman.config import Settings
+from dragoman.scheduler import Scheduler
+from dragoman.server import UvicornServer
+from dragoman.store import Store
+from dragoman.store.embedded import EmbeddedStore
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+async def store_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    server = EmbeddedStore(tmp_path_factory.mktemp("valkey"))
+    url = await server.start()
+    yield url
+    await server.stop()
+
+
+@dataclass
+class Running:
+    """One Dragoman instance serving on 127.0.0.1."""
+
+    port: int
+    scheduler: Scheduler
+    store: Store
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def session_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/session"
+
+    @property
+    def node_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/node"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> Settings:
+        return self.scheduler.settings
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 10)
+        await self.scheduler.stop()
+        await self.store.close()
+
+
+StartDragoman = Callable[..., Awaitable[Running]]
+
+
+async def start_dragoman(store_url: str, prefix: str | None = None, **overrides: Any) -> Running:
+    settings = Settings(key_prefix=prefix or f"t-{uuid.uuid4().hex[:10]}", log_level="warning").replace(**overrides)
+    store = Store(settings, store_url)
+    await store.open()
+    scheduler = Scheduler(settings, store)
+    await scheduler.start()
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(scheduler),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws_max_size=settings.max_message_bytes * 2,
+    )
+    server = UvicornServer(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return Running(port, scheduler, store, server, task)
+
+
+@pytest.fixture
+async def dragoman(store_url: str) -> AsyncIterator[StartDragoman]:
+    """A factory: ``await dragoman(pause_ms=500)`` starts an instance with those settings."""
+    running: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        instance = await start_dragoman(store_url, **overrides)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        await instance.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
