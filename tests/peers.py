@@ -1,4 +1,3 @@
-# ruff: noqa: ASYNC109  (the test API takes explicit ``timeout=`` arguments by design)
 """Scripted fake protocol peers for the Dragoman test-suite.
 
 These are real WebSocket peers (no mocks). They send the frames that lingua's unmodified web client
