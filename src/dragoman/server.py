@@ -47,6 +47,7 @@ async def serve(settings: Settings) -> None:
             ws_max_size=settings.max_message_bytes * 2,  # frames up to the limit get an error reply, not a close
             ws_ping_interval=20,
             lifespan="off",
+            timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
         )
         server = UvicornServer(config)
         loop = asyncio.get_running_loop()

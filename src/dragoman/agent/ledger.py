@@ -1,0 +1,73 @@
+"""Bounded memory of what the node has seen and what it still owes the scheduler.
+
+The Electron node remembers every ``job_id`` for the life of its process (PROTOCOL.md §2.5, N4, N5), which
+grows without bound on a long-running node. We keep the most recent ``capacity`` keys instead: the
+scheduler never re-sends a job to the same node (§11.5), so the guard only has to catch recent repeats,
+and memory stays flat. Results that finish while the socket is down wait in a bounded outbox; when it
+overflows the oldest result is dropped, since the scheduler has long failed that job over by then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class RecentSet(Generic[K]):
+    """A set that forgets its least recently added keys beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._keys: OrderedDict[K, None] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: K) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+
+class Outbox(Generic[T]):
+    """A FIFO of undelivered items that drops the oldest when full."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self._items: deque[T] = deque()
+        self.capacity = capacity
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def put(self, item: T) -> None:
+        if len(self._items) >= self.capacity:
+            self._items.popleft()
+            self.dropped += 1
+            log.warning("outbox full (%d): dropped the oldest undelivered result", self.capacity)
+        self._items.append(item)
+
+    def push_front(self, item: T) -> None:
+        """Put back an item whose delivery failed, so that it goes first next time."""
+        self._items.appendleft(item)
+
+    def pop(self) -> T | None:
+        return self._items.popleft() if self._items else None
