@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from dragoman import http_api, metrics
+from dragoman import http_api, metrics, views
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.nodes import NodeLink
@@ -108,6 +108,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
         Route("/health", health),
         Route("/metrics", metrics_text),
         *http_api.routes(scheduler),
+        *views.routes(scheduler),
     ]
     return Starlette(routes=routes)
 

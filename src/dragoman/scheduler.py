@@ -16,7 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from dragoman import metrics
+from dragoman import __version__, metrics
 from dragoman import protocol as p
 from dragoman.config import Settings
 from dragoman.connection import Connection
@@ -80,7 +80,13 @@ class Scheduler:
 
     async def _announce(self) -> None:
         description = json.dumps(
-            {"hostname": socket.gethostname(), "pid": os.getpid(), "started_at_ms": self.started_at_ms}
+            {
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "version": __version__,
+                "started_at_ms": self.started_at_ms,
+                "sessions": len(self.sessions),
+            }
         ).encode()
         await self.store.announce(self.instance_id, description)
 

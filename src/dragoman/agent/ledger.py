@@ -66,7 +66,12 @@ class Outbox(Generic[T]):
         self._items.append(item)
 
     def push_front(self, item: T) -> None:
-        """Put back an item whose delivery failed, so that it goes first next time."""
+        """Put back an item whose delivery failed, so that it goes first next time (it is the oldest, so it
+        is the one dropped if the outbox filled up meanwhile)."""
+        if len(self._items) >= self.capacity:
+            self.dropped += 1
+            log.warning("outbox full (%d): dropped the oldest undelivered result", self.capacity)
+            return
         self._items.appendleft(item)
 
     def pop(self) -> T | None:

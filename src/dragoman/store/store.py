@@ -230,5 +230,18 @@ class Store:
     async def leave(self, instance: str) -> None:
         await self._call("announce_instance", instance, self.settings.instance_ttl_ms, "")
 
+    async def instances(self) -> list[dict[str, Any]]:
+        """Every instance that announced itself and is not yet taken over, with its description."""
+        rows: list[tuple[bytes, float]] = await self.client.zrange(  # type: ignore[assignment]
+            self.prefix + "instances", 0, -1, withscores=True
+        )
+        ids = [_s(r[0]) for r in rows]
+        descriptions = await self.client.mget([f"{self.prefix}instance:{i}" for i in ids]) if ids else []
+        now = now_ms()
+        return [
+            {"id": i, "online": score > now, "description": description}
+            for i, (_, score), description in zip(ids, rows, descriptions, strict=True)
+        ]
+
     async def tick(self, limit: int = 256) -> list[Action]:
         return _actions(await self._call("tick", limit))

@@ -1,0 +1,200 @@
+"""Read-only HTTP views of the real state: ``/api/v1/stats`` (§16.2) and ``/api/v1/cluster`` (§16.3).
+
+Nodes and instances are read from the store, so every instance shows the same node set (B20).
+Sessions are counted per instance (each announces its count with its presence).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dragoman.scheduler import Scheduler
+
+_SERVICE_TYPES = {"asr", "nmt", "tts", "tone", "semantic", "phonetic", "punctuation"}
+
+
+def _json(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class NodeView:
+    """One node record of the store, with the figures the views need."""
+
+    def __init__(self, record: dict[str, bytes], liveness_ms: int, now_ms: int) -> None:
+        self.id = record["id"].decode()
+        self.instance = record.get("instance", b"").decode()
+        self.info = _json(record.get("info"))
+        self.load = _json(record.get("load"))
+        self.status = record.get("status", b"offline").decode()
+        self.capacity = int(record.get("cap", b"0"))
+        self.inflight = int(record.get("inflight", b"0"))
+        self.last_heartbeat_ms = int(record.get("hb_ms", b"0"))
+        self.online = self.status != "offline" and now_ms - self.last_heartbeat_ms <= liveness_ms
+
+    @property
+    def services(self) -> list[dict[str, Any]]:
+        services = self.load.get("installed_services") or self.info.get("installed_services") or []
+        return [s for s in services if isinstance(s, dict)]
+
+    @property
+    def capabilities(self) -> list[dict[str, Any]]:
+        caps = self.load.get("capability_by_type") or self.info.get("capability_by_type") or []
+        return [c for c in caps if isinstance(c, dict)]
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        usage = self.load.get("resource_usage")
+        return usage if isinstance(usage, dict) else {}
+
+    def running_types(self) -> set[str]:
+        return {str(s.get("type")) for s in self.services if s.get("status") == "running"} & _SERVICE_TYPES
+
+
+def _float(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def routes(scheduler: Scheduler) -> list[Route]:
+    settings = scheduler.settings
+
+    async def nodes() -> list[NodeView]:
+        now = int(time.time() * 1000)
+        return [NodeView(r, settings.node_liveness_ms, now) for r in await scheduler.store.nodes()]
+
+    async def stats(request: Request) -> Response:
+        views = await nodes()
+        languages: Counter[str] = Counter()
+        usage: dict[str, dict[str, int]] = {}
+        for actor in scheduler.sessions.values():
+            for role, lang in (("as_source", actor.init.src_lang), ("as_target", actor.init.tgt_lang)):
+                entry = usage.setdefault(lang, {"as_source": 0, "as_target": 0, "total": 0})
+                entry[role] += 1
+                entry["total"] += 1
+                languages[lang] += 1
+        type_counts: Counter[str] = Counter()
+        for view in views:
+            type_counts.update(view.running_types())
+        details = []
+        for view in views:
+            hardware = view.info.get("hardware") or {}
+            efficiencies = (view.load.get("processing_metrics") or {}).get("serviceEfficiencies")
+            detail: dict[str, Any] = {
+                "node_id": view.id,
+                "node_name": view.id,
+                "cpu_power": _float(hardware.get("cpu_cores")),
+                "gpu_power": sum(_float(g.get("memory_gb")) for g in hardware.get("gpus") or [] if isinstance(g, dict)),
+                "memory_power": _float(hardware.get("memory_gb")),
+            }
+            if isinstance(efficiencies, dict):
+                detail["service_efficiencies"] = efficiencies
+            details.append(detail)
+        body = {
+            "web_clients": {
+                "active_users": len(scheduler.sessions),
+                "top_languages": [{"language": k, "count": v} for k, v in languages.most_common(10)],
+                "language_usage": usage,
+            },
+            "nodes": {
+                "connected_nodes": sum(1 for v in views if v.online),
+                "type_node_counts": dict(type_counts),
+                "available_services": [],
+                "available_models": [],
+                "total_services": 0,
+                "type_in_use_counts": {},
+                "compute_power": {
+                    "total_cpu_power": sum(d["cpu_power"] for d in details),
+                    "total_gpu_power": sum(d["gpu_power"] for d in details),
+                    "total_memory_power": sum(d["memory_power"] for d in details),
+                    "node_power_details": details,
+                },
+            },
+        }
+        return JSONResponse(body)
+
+    async def cluster(request: Request) -> Response:
+        views = await nodes()
+        now = int(time.time() * 1000)
+        instances = []
+        for inst in await scheduler.store.instances():
+            description = _json(inst.get("description"))
+            started = int(description.get("started_at_ms", 0))
+            instances.append(
+                {
+                    "instance_id": inst["id"],
+                    "hostname": description.get("hostname", ""),
+                    "pid": description.get("pid", 0),
+                    "version": description.get("version", ""),
+                    "started_at_ms": started,
+                    "uptime_seconds": max(0, (now - started) // 1000),
+                    "is_online": inst["online"],
+                    "inbox_length": 0,
+                    "inbox_pending": 0,
+                    "dlq_length": 0,
+                    "nodes_owned": sum(1 for v in views if v.online and v.instance == inst["id"]),
+                    "sessions_owned": (
+                        len(scheduler.sessions)
+                        if inst["id"] == scheduler.instance_id
+                        else description.get("sessions", 0)
+                    ),
+                }
+            )
+        node_rows = []
+        for v in views:
+            types = {str(c.get("type")): bool(c.get("ready")) for c in v.capabilities}
+            node_rows.append(
+                {
+                    "node_id": v.id,
+                    "platform": "",
+                    "online": v.online,
+                    "status": v.status if v.online else "offline",
+                    "cpu_usage": _float(v.usage.get("cpu_percent")),
+                    "gpu_usage": v.usage.get("gpu_percent"),
+                    "memory_usage": _float(v.usage.get("mem_percent")),
+                    "current_jobs": v.inflight,
+                    "max_concurrent_jobs": v.capacity,
+                    "last_heartbeat": v.last_heartbeat_ms,
+                    "services": [
+                        {
+                            "service_id": s.get("service_id", ""),
+                            "service_type": str(s.get("type", "")).capitalize(),
+                            "status": str(s.get("status", "")).capitalize(),
+                        }
+                        for s in v.services
+                    ],
+                    "capabilities": [
+                        {"service_type": t.capitalize(), "ready": ready, "reason": None, "ready_impl_ids": None}
+                        for t, ready in types.items()
+                    ],
+                }
+            )
+        ready = sum(1 for v in views if v.online and {"asr", "nmt", "tts"} <= v.running_types())
+        return JSONResponse(
+            {
+                "instances": instances,
+                "total_instances": len(instances),
+                "online_instances": sum(1 for i in instances if i["is_online"]),
+                "total_nodes": len(views),
+                "online_nodes": sum(1 for v in views if v.online),
+                "ready_nodes": ready,
+                "total_sessions": sum(int(i["sessions_owned"]) for i in instances),
+                "total_pending": 0,
+                "total_dlq": 0,
+                "redis_key_prefix": "",
+                "nodes": node_rows,
+            }
+        )
+
+    return [Route("/api/v1/stats", stats), Route("/api/v1/cluster", cluster)]
