@@ -128,7 +128,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
         views = await nodes()
         now = int(time.time() * 1000)
         instances = []
-        for inst in await scheduler.store.instances():
+        for inst in await scheduler.store.instances():  # sessions: live here, as last announced elsewhere
             description = _json(inst.get("description"))
             started = int(description.get("started_at_ms", 0))
             instances.append(
@@ -189,7 +189,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
                 "total_nodes": len(views),
                 "online_nodes": sum(1 for v in views if v.online),
                 "ready_nodes": ready,
-                "total_sessions": sum(int(i["sessions_owned"]) for i in instances),
+                "total_sessions": sum(int(i["sessions_owned"] or 0) for i in instances),
                 "total_pending": 0,
                 "total_dlq": 0,
                 "redis_key_prefix": "",
