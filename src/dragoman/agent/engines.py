@@ -90,13 +90,15 @@ class EngineResult:
 
 
 class EngineError(Exception):
-    """A failed job: sent as ``job_result{success:false, error:{code, message, details?}}``."""
+    """A failed job: sent as ``job_result{success:false, error:{code, message, details?}}``. ``timings`` are the
+    service timings measured before the failure (sent as ``extra.service_timings``)."""
 
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
+    def __init__(self, code: str, message: str, details: Any = None, timings: dict[str, int] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.details = details
+        self.timings = timings
 
 
 class EngineUnavailable(Exception):
