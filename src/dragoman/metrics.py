@@ -90,6 +90,8 @@ def render() -> str:
     return "".join(metric.render() for metric in _registry)
 
 
+SESSIONS = Gauge("dragoman_sessions", "Client sessions held by this instance")
+NODES = Gauge("dragoman_nodes", "Node sockets held by this instance")
 CUTS = Counter("dragoman_cuts_total", "Utterance cuts by reason (discarded: silence only; merged: held)", ("reason",))
 JOBS_CREATED = Counter("dragoman_jobs_created_total", "Jobs created by this instance")
 JOBS_DISPATCHED = Counter("dragoman_jobs_dispatched_total", "job_assign frames sent (every attempt)")

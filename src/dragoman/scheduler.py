@@ -42,6 +42,8 @@ class Scheduler:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.store_healthy = True
+        metrics.SESSIONS.read = lambda: len(self.sessions)
+        metrics.NODES.read = lambda: len(self.nodes)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
