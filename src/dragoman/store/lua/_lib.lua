@@ -17,7 +17,7 @@ local MAX_ATTEMPTS = tonumber(ARGV[7])
 local BINDING_TTL = tonumber(ARGV[8])
 
 local DEADLINES = P .. 'deadlines'   -- zset job_id -> deadline ms (pending or attempt deadline)
-local PENDING = P .. 'pending'       -- zset job_id -> created ms (jobs waiting for a node)
+local PENDING = P .. 'pending'       -- zset job_id -> creation sequence number (jobs waiting for a node)
 local LIVE = P .. 'live'             -- zset node_id -> liveness deadline ms (registered nodes)
 local INSTANCES = P .. 'instances'   -- zset instance_id -> presence deadline ms
 
@@ -35,7 +35,7 @@ end
 
 -- The fields of a job record that the helpers below use, by name.
 local JOB_FIELDS = {'state', 'attempt', 'nodes', 'node', 'session', 'index', 'tgt', 'pair', 'pair2',
-                    'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl'}
+                    'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl', 'seq'}
 
 local function load_job(job_id)
   local jk = key('job', job_id)
@@ -147,7 +147,7 @@ end
 -- Wait for a node: the pending timeout runs from now.
 local function make_pending(j)
   redis.call('HSET', j.k, 'state', 'pending', 'node', '')
-  redis.call('ZADD', PENDING, tonumber(j.created_ms) or NOW, j.id)
+  redis.call('ZADD', PENDING, tonumber(j.seq), j.id)  -- oldest first, even within one millisecond
   redis.call('ZADD', DEADLINES, NOW + PENDING_TIMEOUT, j.id)
 end
 

@@ -22,7 +22,7 @@ redis.call('SET', slot, job_id, 'PX', BINDING_TTL)
 redis.call('HSET', jk, 'state', 'pending', 'attempt', 0, 'nodes', '', 'node', '', 'session', session,
            'index', index, 'tgt', tgt, 'pair', ARGV[13], 'pair2', ARGV[14], 'turn', ARGV[15],
            'trace', ARGV[16], 'owner', ARGV[17], 'created_ms', NOW, 'dispatched_ms', '', 'frame', ARGV[18],
-           'ttl', ARGV[19])
+           'ttl', ARGV[19], 'seq', redis.call('INCR', key('seq')))
 redis.call('PEXPIRE', jk, BINDING_TTL)
 local j = load_job(job_id)
 local node = pick(j)

@@ -1,0 +1,110 @@
+"""``dragoman serve`` as a real process: embedded store, graceful stop, restart on the same data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from conftest import free_port
+from peers import LinguaNode, pcm16
+
+
+@asynccontextmanager
+async def serve(data_dir: Path, port: int, **env: str) -> AsyncIterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dragoman", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | env,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(200):
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/health")).text == "OK":
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                await asyncio.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(process.wait, 20)
+
+
+async def wait_until(check: Callable[[], bool], seconds: float = 10) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_serve_prints_urls_and_stops_gracefully_on_sigterm(data_dir: Path) -> None:
+    port = free_port()
+    async with serve(data_dir, port) as process:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 20)
+        output = process.stdout.read() if process.stdout else ""
+    assert code == 0, output
+    assert f"ws://127.0.0.1:{port}/ws/session" in output and f"ws://127.0.0.1:{port}/ws/node" in output
+    assert (data_dir / "appendonlydir").is_dir()  # the embedded store persisted with its append-only file
+    assert not (data_dir / "valkey.sock").exists()  # and was stopped with the scheduler
+
+
+async def test_second_serve_on_the_same_data_dir_is_refused(data_dir: Path) -> None:
+    async with serve(data_dir, free_port()):
+        second = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dragoman",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(data_dir),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(second.communicate(), 20)
+        assert second.returncode == 1
+        assert b"in use by another dragoman" in err and b"Traceback" not in err
+
+
+async def test_restart_keeps_unfinished_jobs_and_they_carry_on(data_dir: Path) -> None:
+    port = free_port()
+    body = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(200)).decode()}
+    env = {"DRAGOMAN_PENDING_TIMEOUT_MS": "60000", "DRAGOMAN_INSTANCE_TTL_MS": "2000"}
+    async with (
+        serve(data_dir, port, **env),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+        LinguaNode(f"ws://127.0.0.1:{port}/ws/node") as node,
+    ):
+        await node.start()
+        created = (await http.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "survivor"})).json()
+        first = await node.next_job()
+        assert first["job_id"] == created["job_id"]
+    # Stopped with the job unanswered. A new process on the same data directory still has it.
+    async with serve(data_dir, port, **env), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        status = (await http.get(f"/api/v1/jobs/{created['job_id']}")).json()
+        assert status["status"] in ("dispatched", "pending")
+        replay = await http.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "survivor"})
+        assert replay.json()["job_id"] == created["job_id"]  # the binding survived too
+        async with LinguaNode(f"ws://127.0.0.1:{port}/ws/node") as fresh:  # a restarted node: a new id
+            await fresh.start()
+            retry = await fresh.next_job(timeout=15)
+            assert retry["job_id"] == created["job_id"] and retry["attempt_id"] == 2
+            await fresh.result(retry, text_translated="survived")
+            done = (await http.get(f"/api/v1/jobs/{created['job_id']}", params={"wait": 5})).json()
+            assert done["status"] == "completed" and done["result"]["text_translated"] == "survived"
