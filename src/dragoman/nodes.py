@@ -13,6 +13,7 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
+from dragoman.scheduler import STORE_DOWN
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Scheduler
@@ -95,7 +96,15 @@ class NodeLink:
             }
         )
         capacity = self._capacity(msg.max_concurrent_jobs)
-        await self.scheduler.store.register_node(node_id, self.conn_token, self.scheduler.instance_id, capacity, info)
+        try:
+            await self.scheduler.store.register_node(
+                node_id, self.conn_token, self.scheduler.instance_id, capacity, info
+            )
+        except STORE_DOWN as exc:
+            # Without the store the node cannot be scheduled: close, and it registers again after its backoff.
+            self.scheduler.store_failed(exc)
+            self.conn.close(1011)
+            return
         previous = self.scheduler.nodes.get(node_id)
         self.node_id = node_id
         self.scheduler.nodes[node_id] = self
@@ -140,8 +149,11 @@ class NodeLink:
                 block_ms = self.scheduler.settings.model_exclusion_ms
         else:
             kind = "failed"
-        verdict, actions = await self.scheduler.store.complete_job(
-            msg.job_id, self.node_id, msg.attempt_id, kind, raw, block_ms, drain=DRAIN_LIMIT
+        node_id = self.node_id
+        verdict, actions = await self.scheduler.durable(
+            lambda: self.scheduler.store.complete_job(
+                msg.job_id, node_id, msg.attempt_id, kind, raw, block_ms, drain=DRAIN_LIMIT
+            )
         )
         if verdict != "accepted":
             metrics.STALE_RESULTS.inc(verdict)
@@ -161,4 +173,5 @@ class NodeLink:
             return
         if self.scheduler.nodes.get(node_id) is self:
             del self.scheduler.nodes[node_id]
-        await self.scheduler.apply(await self.scheduler.store.node_gone(node_id, self.conn_token))
+        gone = await self.scheduler.durable(lambda: self.scheduler.store.node_gone(node_id, self.conn_token))
+        await self.scheduler.apply(gone)

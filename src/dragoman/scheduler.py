@@ -14,7 +14,10 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from dragoman import __version__, metrics
 from dragoman import protocol as p
@@ -28,7 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Connection", "Scheduler"]
+__all__ = ["STORE_DOWN", "Connection", "Scheduler"]
+
+T = TypeVar("T")
+STORE_DOWN = (ConnectionError, TimeoutError, BusyLoadingError, OSError)  # the store is unreachable or loading
 
 
 class Scheduler:
@@ -67,18 +73,41 @@ class Scheduler:
         with contextlib.suppress(Exception):
             await self.store.leave(self.instance_id)
 
-    async def _every(self, seconds: float, job: object) -> None:
-        assert callable(job)
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
                 await job()
+            except STORE_DOWN as exc:
+                self.store_failed(exc)
+            except Exception:
+                log.exception("periodic %s failed", getattr(job, "__name__", job))
+            else:
+                if not self.store_healthy:
+                    log.warning("store reachable again")
                 self.store_healthy = True
-            except Exception as exc:
-                metrics.STORE_ERRORS.inc()
-                if self.store_healthy:
-                    log.warning("store unavailable (%s); retrying", exc)
-                self.store_healthy = False
+
+    def store_failed(self, exc: BaseException) -> None:
+        """Note an unreachable store: /health answers 503 until the next periodic call succeeds."""
+        metrics.STORE_ERRORS.inc()
+        if self.store_healthy:
+            log.warning("store unavailable (%s); retrying", exc)
+        self.store_healthy = False
+
+    async def durable(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a store call for work already accepted (a node's result, a closed socket), retrying with
+        backoff while the store is unreachable, for up to ``store_retry_ms``; then the error is raised."""
+        deadline = asyncio.get_running_loop().time() + self.settings.store_retry_ms / 1000
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except STORE_DOWN as exc:
+                self.store_failed(exc)
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _announce(self) -> None:
         description = json.dumps(
@@ -105,7 +134,11 @@ class Scheduler:
         return created
 
     async def cancel_jobs(self, job_ids: list[str], reason: str) -> None:
-        await self.apply(await self.store.cancel_jobs(job_ids, reason))
+        """Best effort: if the store is unreachable, the jobs' own deadlines end them later."""
+        try:
+            await self.apply(await self.store.cancel_jobs(job_ids, reason))
+        except STORE_DOWN as exc:
+            self.store_failed(exc)
 
     def wait_for(self, job_id: str) -> asyncio.Future[None]:
         """A future done when this instance sees the job's outcome (HTTP long-poll)."""

@@ -29,10 +29,12 @@ class UvicornServer(uvicorn.Server):
 
 async def serve(settings: Settings) -> None:
     embedded: EmbeddedStore | None = None
+    supervisor: asyncio.Task[None] | None = None
     url = settings.redis_url
     if not url:
         embedded = EmbeddedStore(settings.data_dir)
         url = await embedded.start()
+        supervisor = asyncio.create_task(embedded.supervise(), name="embedded store supervisor")
         log.info("embedded valkey-server started: %s (data in %s)", url, embedded.data_dir)
     store = Store(settings, url)
     try:
@@ -69,6 +71,8 @@ async def serve(settings: Settings) -> None:
     finally:
         with contextlib.suppress(Exception):
             await store.close()
+        if supervisor is not None:
+            supervisor.cancel()
         if embedded is not None:
             await embedded.stop()
             log.info("embedded valkey-server stopped")

@@ -375,6 +375,7 @@ class SessionActor:
             created = await self.scheduler.create_job(spec)
         except Exception as exc:  # B1: the slot fails, the session goes on
             log.warning("session %s: job creation for index %d failed: %s", self.id, slot.index, exc)
+            self.scheduler.store_failed(exc)
             slot.frames = [
                 p.encode(p.Error(code="SCHEDULER_DEPENDENCY_DOWN", message=f"Scheduler store unavailable: {exc}"))
             ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import redis.asyncio as redis
+
+log = logging.getLogger(__name__)
 
 _SOCKET_PATH_LIMIT = 100  # AF_UNIX paths are limited to 104-108 bytes
 
@@ -60,6 +63,7 @@ class EmbeddedStore:
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
+        self._args: list[str] = []
 
     async def start(self, timeout: float = 15.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,7 @@ class EmbeddedStore:
             self._lock = None
             raise EmbeddedStoreError(f"data directory {self.data_dir} is in use by another dragoman") from None
         sock = self.data_dir / "valkey.sock"
-        args = [
+        self._args = [
             find_server_binary(),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
@@ -83,15 +87,18 @@ class EmbeddedStore:
             "--logfile", str(self.data_dir / "valkey.log"),
         ]  # fmt: skip
         if len(str(sock)) < _SOCKET_PATH_LIMIT:
-            args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+            self._args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
             self.url = f"unix://{sock}"
         else:
             port = _free_port()
-            args += ["--port", str(port)]
+            self._args += ["--port", str(port)]
             self.url = f"redis://127.0.0.1:{port}/0"
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
-        await self._wait_ready(timeout)
+        await self._launch(timeout)
         return self.url
+
+    async def _launch(self, timeout: float = 15.0) -> None:
+        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+        await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
         client = redis.Redis.from_url(self.url)
@@ -111,6 +118,26 @@ class EmbeddedStore:
                 await asyncio.sleep(0.05)
         finally:
             await client.aclose()
+
+    async def supervise(self) -> None:
+        """Restart the server whenever it exits on its own: it reloads its append-only file, so the jobs
+        in it carry on. Runs until cancelled (``stop`` cancels nothing; cancel this task first)."""
+        delay = 0.5
+        while True:
+            process = self._process
+            if process is None:
+                return
+            code = await asyncio.to_thread(process.wait)
+            if self._process is not process:
+                return  # stopped on purpose
+            log.error("embedded valkey-server exited with code %s; restarting it in %.1f s", code, delay)
+            await asyncio.sleep(delay)
+            try:
+                await self._launch()
+                delay = 0.5
+            except EmbeddedStoreError as exc:
+                log.error("embedded valkey-server did not restart: %s", exc)
+                delay = min(delay * 2, 10.0)
 
     async def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None

@@ -1,0 +1,97 @@
+"""The store goes away and comes back: sockets stay open, work that cannot be done is answered, nothing
+accepted is lost, and the instance resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import start_dragoman
+from dragoman.store.embedded import EmbeddedStore
+from peers import LinguaNode, LinguaWebClient, voiced_chunk
+
+
+@pytest.fixture
+async def own_store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
+    server = EmbeddedStore(tmp_path / "store")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def health(http: httpx.AsyncClient) -> int:
+    return (await http.get("/health")).status_code
+
+
+async def until_health(http: httpx.AsyncClient, status: int) -> None:
+    for _ in range(100):
+        if await health(http) == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/health never answered {status}")
+
+
+async def test_outage_is_answered_and_work_resumes(own_store: EmbeddedStore) -> None:
+    d = await start_dragoman(own_store.url, tick_interval_ms=50)
+    try:
+        async with (
+            LinguaNode(d.node_url) as node,
+            LinguaWebClient(d.session_url) as client,
+            httpx.AsyncClient(base_url=d.http) as http,
+        ):
+            await node.start()
+            await client.init()
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+            accepted = await node.next_job()  # a job accepted before the outage
+
+            await own_store.stop()
+            await until_health(http, 503)
+            # New work cannot be scheduled: the client is told, and its socket stays usable.
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+            # The node answers the accepted job during the outage: the result waits for the store.
+            await node.result(accepted, text_translated="kept")
+            await asyncio.sleep(0.3)
+            beat = await client.heartbeat()
+            assert beat["session_id"] == client.session_id
+
+            await own_store.start()  # same data directory: the append-only file brings the jobs back
+            await until_health(http, 200)
+            outcomes = await client.outcomes(2, timeout=10)
+            assert outcomes[0]["type"] == "translation_result" and outcomes[0]["text_translated"] == "kept"
+            assert outcomes[1]["type"] == "error" and outcomes[1]["code"] == "SCHEDULER_DEPENDENCY_DOWN"
+
+            # And the session goes on.
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+            job = await node.next_job(timeout=10)
+            assert job["utterance_index"] == 2
+            await node.result(job)
+            [after] = await client.outcomes(1)
+            assert after["type"] == "translation_result" and after["utterance_index"] == 2
+    finally:
+        await d.stop()
+
+
+async def test_embedded_store_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    server = EmbeddedStore(tmp_path / "store")
+    await server.start()
+    supervisor = asyncio.create_task(server.supervise())
+    try:
+        d = await start_dragoman(server.url, tick_interval_ms=50)
+        try:
+            async with httpx.AsyncClient(base_url=d.http) as http:
+                assert server._process is not None
+                server._process.kill()  # the store crashes
+                await until_health(http, 503)
+                await until_health(http, 200)  # the supervisor brought it back
+        finally:
+            await d.stop()
+    finally:
+        supervisor.cancel()
+        await server.stop()
