@@ -25,6 +25,11 @@ def _mono_ms() -> float:
     return time.monotonic() * 1000
 
 
+def _too_large(text: str, limit: int) -> bool:
+    """The frame's UTF-8 size is over the limit (a character is at most 4 bytes: most frames skip encoding)."""
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
 def _error(code: str, message: str) -> bytes:
     return p.encode(p.Error(code=code, message=message))
 
@@ -45,7 +50,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 if text is None:
                     continue  # F3: binary frames are ignored
                 received = _mono_ms()
-                if len(text) > limit:
+                if _too_large(text, limit):
                     metrics.BAD_FRAMES.inc("session")
                     conn.send_nowait(
                         _error("INVALID_MESSAGE", f"Invalid message format: message larger than {limit} bytes")
@@ -78,7 +83,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 text = message.get("text")
                 if text is None:
                     continue
-                if len(text) > limit:
+                if _too_large(text, limit):
                     metrics.BAD_FRAMES.inc("node")
                     log.warning("node %s: frame of %d bytes ignored (limit %d)", link.node_id, len(text), limit)
                     continue

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import math
 import re
 import time
 from typing import Any
@@ -66,12 +67,17 @@ def _problem(status: int, error: str, message: str, field: str | None = None) ->
     return JSONResponse(body, status_code=status)
 
 
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+_PATH = re.compile(r"at `\$\.?([^`]*)`")  # "Expected `str`, got `int` - at `$.src_lang`"
+_MISSING = re.compile(r"missing required field `([^`]*)`")  # "Object missing required field `audio`"
 
 
 def _invalid(exc: msgspec.ValidationError) -> JSONResponse:
-    match = _FIELD.search(str(exc))
-    return _problem(422, "invalid_request", str(exc), match.group(1) if match else None)
+    """422 naming the offending field, as a dotted path from the body's top level."""
+    text = str(exc)
+    path = _PATH.search(text)
+    missing = _MISSING.search(text)
+    parts = [m.group(1) for m in (path, missing) if m and m.group(1)]
+    return _problem(422, "invalid_request", text, ".".join(parts) or None)
 
 
 async def _read_request(request: Request) -> JobRequest | JSONResponse:
@@ -156,9 +162,12 @@ def routes(scheduler: Scheduler) -> list[Route]:
     async def get_job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            wait = min(float(request.query_params.get("wait", "0")), MAX_WAIT_S)
+            wait = float(request.query_params.get("wait", "0"))
         except ValueError:
+            wait = math.nan
+        if not math.isfinite(wait):
             return _problem(422, "invalid_request", "wait must be a number of seconds", "wait")
+        wait = min(wait, MAX_WAIT_S)
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
             record = await store.get_job(job_id)

@@ -304,7 +304,7 @@ class JobResult(Inbound, tag="job_result"):
         """``extra`` restricted to the ExtraResult keys that clients get (§3), or None."""
         if not self.extra:
             return None
-        return {k: self.extra[k] for k in EXTRA_RESULT_KEYS if k in self.extra} or None
+        return {k: self.extra[k] for k in EXTRA_RESULT_KEYS if self.extra.get(k) is not None} or None
 
     def service_timings(self) -> dict[str, Any] | None:
         """The node's ``extra.service_timings``, else ``{"total_ms": processing_time_ms}`` (§6.2)."""
@@ -592,10 +592,13 @@ class _Decoder(Generic[T]):
             raise ProtocolError(str(exc), wrong_direction=wrong) from None
 
 
-decode_client: _Decoder[ClientMessage] = _Decoder(
-    ClientMessage,
-    SERVER_TO_CLIENT_TYPES | SERVER_TO_NODE_TYPES | {"node_register", "node_heartbeat", "job_result"},
-)
-decode_node: _Decoder[NodeMessage] = _Decoder(
-    NodeMessage, SERVER_TO_NODE_TYPES | SERVER_TO_CLIENT_TYPES | {"session_init", "audio_chunk", "utterance"}
-)
+def _tags(union: Any) -> frozenset[str]:
+    return frozenset(str(t.__struct_config__.tag) for t in union.__args__)
+
+
+CLIENT_TO_SERVER_TYPES: Final = _tags(ClientMessage)
+NODE_TO_SERVER_TYPES: Final = _tags(NodeMessage)
+_ALL_TYPES = SERVER_TO_CLIENT_TYPES | SERVER_TO_NODE_TYPES | CLIENT_TO_SERVER_TYPES | NODE_TO_SERVER_TYPES
+
+decode_client: _Decoder[ClientMessage] = _Decoder(ClientMessage, _ALL_TYPES - CLIENT_TO_SERVER_TYPES)
+decode_node: _Decoder[NodeMessage] = _Decoder(NodeMessage, _ALL_TYPES - NODE_TO_SERVER_TYPES)
