@@ -484,6 +484,15 @@ class LinguaNode(Peer):
             "utterance_index": job["utterance_index"],
         }
 
+    async def jobs_within(self, seconds: float = 0.4) -> list[Frame]:
+        """Every ``job_assign`` that arrives until ``seconds`` pass without one."""
+        jobs: list[Frame] = []
+        try:
+            while True:
+                jobs.append(await self.next_job(timeout=seconds))
+        except (TimeoutError, AssertionError):
+            return jobs
+
     async def result(
         self,
         job: Frame,

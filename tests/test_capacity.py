@@ -8,16 +8,6 @@ from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 
-async def jobs_within(node: LinguaNode, seconds: float = 0.4) -> list[dict[str, object]]:
-    """Every job_assign the node receives within the window."""
-    jobs = []
-    try:
-        while True:
-            jobs.append(await node.next_job(timeout=seconds))
-    except (TimeoutError, AssertionError):
-        return jobs
-
-
 async def test_load_is_spread_by_capacity_across_two_nodes(dragoman: StartDragoman) -> None:
     d = await dragoman()
     async with (
@@ -66,7 +56,7 @@ async def test_least_loaded_node_is_chosen_for_new_sessions(dragoman: StartDrago
             await c.open()
             await c.init(two_way=False)
             await c.utterance(0, pcm16(100))
-        counts = Counter({"a": len(await jobs_within(a)), "b": len(await jobs_within(b))})
+        counts = Counter({"a": len(await a.jobs_within()), "b": len(await b.jobs_within())})
         assert counts == Counter({"a": 3, "b": 3})
         for c in clients:
             await c.close()
@@ -82,7 +72,7 @@ async def test_jobs_of_one_turn_go_to_the_same_node(dragoman: StartDragoman) -> 
             for _ in range(80):  # two MaxDuration cuts, then the closing cut: one turn of three jobs
                 await client.chunk(voiced_chunk())
             await client.chunk(voiced_chunk(), is_final=True)
-            got_a, got_b = await jobs_within(a), await jobs_within(b)
+            got_a, got_b = await a.jobs_within(), await b.jobs_within()
             assert sorted([len(got_a), len(got_b)]) == [0, 3]
             assert len({j["turn_id"] for j in got_a + got_b}) == 1
 

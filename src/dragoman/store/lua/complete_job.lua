@@ -7,19 +7,16 @@
 -- ARGV[14] ms to keep the node out of the job's pair after a retryable failure (0 = not at all)
 -- ARGV[15] how many waiting jobs to try on the freed capacity
 -- Returns {{'result', 'accepted'|'unknown'|'stale'|'resolved'}, action...}.
--- Accepted only from a node that holds an attempt of this job: the current one, or an earlier one
--- while the job is unresolved (the first valid result wins; the newer attempt is cancelled).
+-- Accepted only for the job's current attempt from the node that holds it (DESIGN.md "Results"):
+-- an earlier attempt's late answer is stale, even while the job is unresolved.
 local node, attempt, kind = ARGV[10], tonumber(ARGV[11]), ARGV[12]
 local j = load_job(ARGV[9])
 if not j then return {{'result', 'unknown'}} end
 if split(j.nodes)[attempt] ~= node then return {{'result', 'stale'}} end
 if j.state ~= 'dispatched' then return {{'result', 'resolved'}} end
+if j.attempt ~= attempt then return {{'result', 'stale'}} end
 local actions = {{'result', 'accepted'}}
 release(node, j.id)
-if j.node ~= node or j.attempt ~= attempt then
-  release(j.node, j.id)
-  actions[#actions + 1] = cancel_action(j, j.node, 'superseded')
-end
 if kind == 'retry' then
   local block_ms = tonumber(ARGV[14])
   if block_ms > 0 then redis.call('SET', key('blocked', node, j.pair), '1', 'PX', block_ms) end
