@@ -161,3 +161,13 @@ async def test_every_job_key_has_a_ttl(store: Store) -> None:
     owned = {"deadlines", "pending", "live", "instances", "pool", "node", "instance", "seq"}
     assert {k.split(":")[0] for k in unbounded} <= owned
     assert not [k for k in unbounded if k.startswith(("job:", "slot:", "utt:", "turn:", "affinity:"))]
+
+
+async def test_reconcile_repairs_a_drifted_in_flight_count(store: Store) -> None:
+    await add_node(store, "a", cap=4)
+    await store.create_job(spec(session="s-1"))
+    await store.create_job(spec(session="s-2"))
+    assert await store.reconcile() == []  # the scripts keep it exact
+    await store.client.hset(store.prefix + "node:a", "inflight", 9)  # corrupt it from outside
+    assert await store.reconcile() == [("a", 9, 2)]
+    assert int(await store.client.hget(store.prefix + "node:a", "inflight") or 0) == 2

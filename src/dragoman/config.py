@@ -43,6 +43,7 @@ class Settings:
     model_exclusion_ms: int = 60_000
     utterance_reorder_ms: int = 5000
     tick_interval_ms: int = 250
+    reconcile_interval_ms: int = 30_000  # in-flight counts checked against the jobs themselves
     node_liveness_ms: int = 45_000
     # Delivery (§12, §5.6)
     gap_timeout_ms: int = 30_000

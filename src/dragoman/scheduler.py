@@ -58,6 +58,9 @@ class Scheduler:
         self._tasks = [
             asyncio.create_task(self._every(self.settings.instance_ttl_ms / 3000, self._announce), name="announce"),
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
+            asyncio.create_task(
+                self._every(self.settings.reconcile_interval_ms / 1000, self.reconcile), name="reconcile"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -123,6 +126,10 @@ class Scheduler:
 
     async def _tick(self) -> None:
         await self.apply(await self.store.tick())
+
+    async def reconcile(self) -> None:
+        for node, counted, actual in await self.store.reconcile():
+            log.warning("node %s: in-flight count repaired from its jobs: %d -> %d", node, counted, actual)
 
     # -- jobs ---------------------------------------------------------------------------------------
 

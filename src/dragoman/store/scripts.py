@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "node_gone",
     "tick",
     "announce_instance",
+    "reconcile",
 )
 
 

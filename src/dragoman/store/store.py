@@ -243,5 +243,10 @@ class Store:
             for i, (_, score), description in zip(ids, rows, descriptions, strict=True)
         ]
 
+    async def reconcile(self, limit: int = 10_000) -> list[tuple[str, int, int]]:
+        """Repair in-flight counts from the jobs; returns (node, counted, actual) for each repair."""
+        rows = await self._call("reconcile", limit)
+        return [(_s(r[0]), int(r[1]), int(r[2])) for r in rows]
+
     async def tick(self, limit: int = 256) -> list[Action]:
         return _actions(await self._call("tick", limit))
