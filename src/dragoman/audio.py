@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PACKET_MS = 20  # Plan A: 16 kHz mono, 20 ms per Opus packet
+MAX_PACKET_BYTES = 4096  # the Electron node skips longer records (§4.1), so they carry no audio
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,7 @@ def plan_a_stats(data: bytes, silence_packet_max_bytes: int) -> PlanAStats:
         pos += 2 + length
         if pos > end:
             break
-        if length:
+        if 0 < length <= MAX_PACKET_BYTES:
             packets += 1
             if length > silence_packet_max_bytes:
                 voiced += 1
