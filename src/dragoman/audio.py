@@ -27,7 +27,7 @@ class PlanAStats:
 
 def plan_a_stats(data: bytes, silence_packet_max_bytes: int) -> PlanAStats:
     """Count the records of a Plan A buffer (u16 little-endian length + packet). A truncated tail
-    record is not counted; records of length 0 carry no audio (the node skips them)."""
+    record is not counted; records of length 0 or over 4096 bytes carry no audio (the node skips them)."""
     packets = voiced = 0
     pos, end = 0, len(data)
     while pos + 2 <= end:

@@ -13,6 +13,7 @@ folded band (8-11 kHz) carries little energy. It is CPU work, so callers run it 
 from __future__ import annotations
 
 import array
+import fractions
 import io
 import sys
 import wave
@@ -136,40 +137,50 @@ def make_wav(pcm: bytes, sample_rate: int, channels: int = 1) -> bytes:
 
 
 def opus_available() -> bool:
-    """Whether a libopus binding (the ``opuslib_next`` module) can be loaded."""
+    """Whether the Opus encoder can be loaded (PyAV, the ``av`` package, is installed)."""
     try:
-        _opus_module()
+        _av()
     except AudioError:
         return False
     return True
 
 
-def _opus_module() -> Any:
+def _av() -> Any:
     try:
-        import opuslib_next  # provided by opuslib-next-bundled (or opuslib-next + a system libopus)
-    except Exception as exc:  # ImportError, or OSError/Exception when the shared library cannot be loaded
-        raise AudioError(
-            f"Opus output needs libopus: pip install opuslib-next-bundled ({type(exc).__name__}: {exc})"
-        ) from None
-    return opuslib_next
+        import av  # PyAV bundles libopus in its wheels: no system library needed (same codec as dragoman.client)
+    except ImportError:
+        raise AudioError("Opus output needs PyAV: pip install av (or use --tts-format pcm16)") from None
+    return av
 
 
 def encode_plan_a(pcm: bytes) -> bytes:
     """Encode 16 kHz s16le mono as Plan A Opus (§4.1): 20 ms VOIP packets, each as a u16 LE length + packet.
 
-    The last frame is zero-padded to 320 samples, as the web client pads its last packet (§4.4)."""
-    opus = _opus_module()
-    encoder = opus.Encoder(TARGET_RATE, 1, opus.APPLICATION_VOIP)
+    The bitrate is libopus's automatic value for 16 kHz mono 20 ms (60 * 16000 / 320 + 16000 = 19 kbit/s),
+    i.e. "the encoder's default bitrate" (FFmpeg always sets one). The last frame is zero-padded to 320
+    samples, as the web client pads its last packet (§4.4), so ``n`` samples give ``ceil(n / 320)`` packets."""
+    av = _av()
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate = TARGET_RATE
+    ctx.layout = "mono"
+    ctx.format = "s16"
+    ctx.bit_rate = 60 * TARGET_RATE // PACKET_SAMPLES + TARGET_RATE
+    ctx.time_base = fractions.Fraction(1, TARGET_RATE)
+    ctx.options = {"application": "voip", "frame_duration": str(PACKET_MS)}
+    ctx.open()
     frame_bytes = PACKET_SAMPLES * 2
     data = pcm[: len(pcm) - len(pcm) % 2]
     out = bytearray()
-    for start in range(0, len(data), frame_bytes):
-        frame = data[start : start + frame_bytes]
-        if len(frame) < frame_bytes:
-            frame += bytes(frame_bytes - len(frame))
-        packet: bytes = encoder.encode(frame, PACKET_SAMPLES)
-        if len(packet) > 0xFFFF:  # cannot happen for a 20 ms packet; guards the u16 length
-            raise AudioError(f"Opus packet of {len(packet)} bytes")
-        out += len(packet).to_bytes(2, "little")
-        out += packet
+    for pts, start in enumerate(range(0, len(data), frame_bytes)):
+        frame = av.AudioFrame(format="s16", layout="mono", samples=PACKET_SAMPLES)
+        frame.planes[0].update(data[start : start + frame_bytes].ljust(frame_bytes, b"\0"))
+        frame.sample_rate = TARGET_RATE
+        frame.time_base = fractions.Fraction(1, TARGET_RATE)
+        frame.pts = pts * PACKET_SAMPLES
+        for packet in ctx.encode(frame):
+            body = bytes(packet)
+            if len(body) > 0xFFFF:  # cannot happen for a 20 ms packet; guards the u16 length
+                raise AudioError(f"Opus packet of {len(body)} bytes")
+            out += len(body).to_bytes(2, "little")
+            out += body
     return bytes(out)

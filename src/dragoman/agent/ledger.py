@@ -10,7 +10,7 @@ overflows the oldest result is dropped, since the scheduler has long failed that
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,25 +21,33 @@ T = TypeVar("T")
 
 
 class RecentSet(Generic[K]):
-    """A set that forgets its least recently added keys beyond ``capacity``."""
+    """A set that forgets its oldest keys beyond ``capacity`` (first in, first out).
+
+    Only each key's 64-bit ``hash`` is kept (about 80 bytes per key instead of 230 for the strings in an
+    ordered dict: 100k job ids take 8 MiB). Two different keys share a hash with a chance of about
+    ``capacity / 2**64`` per new key, which would reject one new job as a duplicate: negligible."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self._keys: OrderedDict[K, None] = OrderedDict()
+        self._members: set[int] = set()
+        self._order: deque[int] = deque()
 
     def __contains__(self, key: object) -> bool:
-        return key in self._keys
+        return hash(key) in self._members
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._members)
 
     def add(self, key: K) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        while len(self._keys) > self.capacity:
-            self._keys.popitem(last=False)
+        digest = hash(key)
+        if digest in self._members:
+            return
+        self._members.add(digest)
+        self._order.append(digest)
+        if len(self._order) > self.capacity:
+            self._members.discard(self._order.popleft())
 
 
 class Outbox(Generic[T]):

@@ -30,7 +30,11 @@ class ConnectionLostError(ClientError):
 
 
 class SessionClosedError(ClientError):
-    """A message was sent on a session that is closing or closed."""
+    """The session is not open: not connected yet, or already closed."""
+
+
+class CloseTimeoutError(ClientError):
+    """``session_close`` was sent but the scheduler did not acknowledge it in time."""
 
 
 class ApiError(ClientError):

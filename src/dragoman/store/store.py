@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from dragoman.config import Settings
 from dragoman.store.scripts import Scripts
@@ -128,13 +129,32 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://``, or ``redis+cluster://h1:p1,h2:p2``
+    for a Redis/Valkey Cluster (any reachable node names it; the client discovers the rest)."""
+    if url.startswith(CLUSTER_SCHEME):
+        hosts = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
+        nodes = []
+        for host_port in filter(None, hosts.split(",")):
+            host, _, port = host_port.rpartition(":")
+            nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+        if not nodes:
+            raise ValueError(f"{url}: no cluster node given")
+        cluster: redis.Redis = RedisCluster(startup_nodes=nodes, decode_responses=False)  # type: ignore[assignment]
+        return cluster
+    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=0)
+
+
 class Store:
     """One store connection pool and the scripts bound to it."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.url = url
-        self.client: redis.Redis = redis.Redis.from_url(url, decode_responses=False, health_check_interval=0)
+        self.client = connect(url)
         self.prefix = f"{settings.key_prefix}:{{sched}}:"
         self._keys = [self.prefix + "deadlines"]
         self._scripts = Scripts(self.client)
