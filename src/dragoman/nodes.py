@@ -14,6 +14,7 @@ from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
 from dragoman.scheduler import STORE_DOWN
+from dragoman.store import Partial
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Scheduler
@@ -67,12 +68,16 @@ class NodeLink:
             actor = self.scheduler.sessions.get(msg.session_id)
             if actor is not None:
                 actor.partial(msg)
+            else:  # rare (lingua's node never streams partials): find the session's instance
+                owner = await self.scheduler.store.session_owner(msg.session_id)
+                if owner and owner != self.scheduler.instance_id:
+                    data = raw.encode() if isinstance(raw, str) else raw
+                    await self.scheduler.store.post(owner, Partial(msg.session_id, data))
         elif isinstance(msg, p.JobAck | p.JobStarted):
             mark = "accepted" if isinstance(msg, p.JobAck) else "running"
             found = await self.scheduler.store.mark_job(msg.job_id, self.node_id, msg.attempt_id, mark)
-            actor = self.scheduler.sessions.get(found[0]) if found else None
-            if actor is not None and isinstance(msg, p.JobAck):
-                actor.notify(msg.job_id, "NODE_ACCEPTED")
+            if found is not None and isinstance(msg, p.JobAck):
+                await self.scheduler.notify(found[0], found[1], msg.job_id, "NODE_ACCEPTED")
 
     def _capacity(self, announced: int | None) -> int:
         if announced is not None and announced >= 1:

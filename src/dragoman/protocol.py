@@ -601,4 +601,5 @@ NODE_TO_SERVER_TYPES: Final = _tags(NodeMessage)
 _ALL_TYPES = SERVER_TO_CLIENT_TYPES | SERVER_TO_NODE_TYPES | CLIENT_TO_SERVER_TYPES | NODE_TO_SERVER_TYPES
 
 decode_client: _Decoder[ClientMessage] = _Decoder(ClientMessage, _ALL_TYPES - CLIENT_TO_SERVER_TYPES)
+decode_partial = msgspec.json.Decoder(NodeAsrPartial).decode  # a partial another instance received
 decode_node: _Decoder[NodeMessage] = _Decoder(NodeMessage, _ALL_TYPES - NODE_TO_SERVER_TYPES)

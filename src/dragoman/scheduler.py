@@ -23,7 +23,20 @@ from dragoman import __version__, metrics
 from dragoman import protocol as p
 from dragoman.config import Settings
 from dragoman.connection import Connection
-from dragoman.store import Action, Assign, Cancel, Created, DropNode, JobSpec, Outcome, Store
+from dragoman.store import (
+    Action,
+    Assign,
+    Cancel,
+    Created,
+    DropNode,
+    InstanceGone,
+    JobSpec,
+    Notify,
+    Outcome,
+    Partial,
+    Routed,
+    Store,
+)
 
 if TYPE_CHECKING:
     from dragoman.nodes import NodeLink
@@ -54,8 +67,10 @@ class Scheduler:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.store.open_inbox(self.instance_id)
         await self._announce()
         self._tasks = [
+            asyncio.create_task(self._consume_inbox(), name="inbox"),
             asyncio.create_task(self._every(self.settings.instance_ttl_ms / 3000, self._announce), name="announce"),
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
@@ -123,6 +138,8 @@ class Scheduler:
             }
         ).encode()
         await self.store.announce(self.instance_id, description)
+        if self.sessions:
+            await self.store.keep_sessions(list(self.sessions))
 
     async def _tick(self) -> None:
         await self.apply(await self.store.tick())
@@ -163,52 +180,92 @@ class Scheduler:
 
     # -- carrying out the store's actions -----------------------------------------------------------
 
-    async def apply(self, actions: list[Action]) -> None:
+    async def apply(self, actions: list[Action] | list[Routed], forwarded: bool = False) -> None:
+        """Carry out actions on this instance's sockets; what belongs to a socket another instance holds is
+        posted to that instance's inbox (once: a ``forwarded`` action is never posted on again)."""
         for action in actions:
             if isinstance(action, Assign):
-                await self._assign(action)
-            elif isinstance(action, Cancel):
-                link = self.nodes.get(action.node)
-                if link is not None:
-                    link.conn.send_nowait(
-                        p.encode(p.JobCancel(job_id=action.job_id, trace_id=action.trace or None, reason=action.reason))
-                    )
+                await self._assign(action, forwarded)
             elif isinstance(action, Outcome):
-                self._deliver(action)
+                await self._deliver(action, forwarded)
+            elif isinstance(action, Cancel):
+                frame = p.encode(p.JobCancel(job_id=action.job_id, trace_id=action.trace or None, reason=action.reason))
+                if not self._to_node(action.node, frame):
+                    await self._post(action.instance, action, forwarded)
             elif isinstance(action, DropNode):
                 link = self.nodes.get(action.node)
                 if link is not None:
-                    log.warning(
-                        "node %s: no heartbeat within %d ms, dropping it",
-                        action.node,
-                        self.settings.node_liveness_ms,
-                    )
+                    log.warning("node %s: no heartbeat within its liveness window; dropping it", action.node)
                     link.conn.close(1001)
+                else:
+                    await self._post(action.instance, action, forwarded)
+            elif isinstance(action, Notify):
+                actor = self.sessions.get(action.session)
+                if actor is not None:
+                    actor.notify(action.job_id, action.event, action.error_code)
+            elif isinstance(action, Partial):
+                actor = self.sessions.get(action.session)
+                if actor is not None:
+                    actor.partial(p.decode_partial(action.raw))
+            elif isinstance(action, InstanceGone):
+                log.warning("instance %s is gone; taking over its inbox", action.instance)
+                await self.apply(await self.store.take_inbox(action.instance), forwarded=True)
 
-    async def _assign(self, action: Assign) -> None:
-        link = self.nodes.get(action.node)
-        if link is not None and link.conn.send_nowait(p.assign_frame(action.body, action.attempt)):
+    async def _post(self, instance: str, message: Routed, forwarded: bool) -> bool:
+        """Post to the instance that holds the socket; False if there is none to post to."""
+        if forwarded or not instance or instance == self.instance_id:
+            return False
+        await self.store.post(instance, message)
+        return True
+
+    def _to_node(self, node: str, frame: bytes) -> bool:
+        link = self.nodes.get(node)
+        return link is not None and link.conn.send_nowait(frame)
+
+    async def notify(self, session: str, owner: str, job_id: str, event: str, error_code: str | None = None) -> None:
+        """A ui_event for a session, wherever it is held."""
+        actor = self.sessions.get(session)
+        if actor is not None:
+            actor.notify(job_id, event, error_code)
+        else:
+            await self._post(owner, Notify(session, job_id, event, error_code), forwarded=False)
+
+    async def _assign(self, action: Assign, forwarded: bool) -> None:
+        if self._to_node(action.node, p.assign_frame(action.body, action.attempt)):
             metrics.JOBS_DISPATCHED.inc()
             if action.attempt > 1:
                 metrics.FAILOVERS.inc()
-            actor = self.sessions.get(action.session)
-            if actor is not None:
-                actor.notify(action.job_id, "DISPATCHED")
+            await self.notify(action.session, action.owner, action.job_id, "DISPATCHED")
             return
-        # The node is not reachable from here: it is gone, and its attempts move on at once.
+        if await self._post(action.instance, action, forwarded):
+            return
+        # Nobody can reach the node: it is gone, and its attempts move on at once.
         log.warning("node %s unreachable for job %s; failing over", action.node, action.job_id)
-        actor = self.sessions.get(action.session)
-        if actor is not None:
-            actor.notify(action.job_id, "ERROR", error_code="NODE_UNAVAILABLE")
-        conn = link.conn_token if link is not None else "*"
-        await self.apply(await self.store.node_gone(action.node, conn))
+        await self.notify(action.session, action.owner, action.job_id, "ERROR", "NODE_UNAVAILABLE")
+        link = self.nodes.get(action.node)
+        await self.apply(await self.store.node_gone(action.node, link.conn_token if link else "*"))
 
-    def _deliver(self, outcome: Outcome) -> None:
-        actor = self.sessions.get(outcome.session)
-        if actor is not None:
-            actor.resolve(outcome)
-        else:
-            metrics.JOBS_RESOLVED.inc(outcome.state)
+    async def _deliver(self, outcome: Outcome, forwarded: bool) -> None:
         for future in list(self._waiters.get(outcome.job_id, ())):
             if not future.done():
                 future.set_result(None)
+        actor = self.sessions.get(outcome.session)
+        if actor is not None:
+            actor.resolve(outcome)
+        elif not await self._post(outcome.owner, outcome, forwarded):
+            metrics.JOBS_RESOLVED.inc(outcome.state)  # nobody to deliver to: it stays in the store
+
+    async def _consume_inbox(self) -> None:
+        """Carry out what other instances posted here; acknowledged once carried out."""
+        delay = 0.05
+        while True:
+            try:
+                entries = await self.store.read_inbox(self.instance_id, block_ms=1000)
+                if entries:
+                    await self.apply([message for _, message in entries], forwarded=True)
+                    await self.store.ack_inbox(self.instance_id, [entry_id for entry_id, _ in entries])
+                delay = 0.05
+            except STORE_DOWN as exc:
+                self.store_failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)

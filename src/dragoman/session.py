@@ -135,6 +135,12 @@ class SessionActor:
     # -- the actor ----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
+            await self.scheduler.store.open_session(
+                self.id, self.scheduler.instance_id, msgspec.json.encode(self.init), self.trace_id
+            )
+        except Exception as exc:
+            self.scheduler.store_failed(exc)
         while not self._closed:
             event = await self._queue.get()
             try:
@@ -262,6 +268,8 @@ class SessionActor:
     async def _finish_close(self) -> None:
         await self.send(p.encode(p.SessionCloseAck(session_id=self.id)))
         self._stop()
+        with contextlib.suppress(Exception):
+            await self.scheduler.store.close_session(self.id)
 
     async def _discard(self) -> None:
         """The socket is gone: cancel running jobs and drop what was buffered (§6.10)."""

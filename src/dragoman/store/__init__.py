@@ -1,5 +1,33 @@
 """The store: shared state in Redis/Valkey, its Lua scripts, and the embedded server."""
 
-from dragoman.store.store import Action, Assign, Cancel, Created, DropNode, JobSpec, Outcome, Store, now_ms
+from dragoman.store.store import (
+    Action,
+    Assign,
+    Cancel,
+    Created,
+    DropNode,
+    InstanceGone,
+    JobSpec,
+    Notify,
+    Outcome,
+    Partial,
+    Routed,
+    Store,
+    now_ms,
+)
 
-__all__ = ["Action", "Assign", "Cancel", "Created", "DropNode", "JobSpec", "Outcome", "Store", "now_ms"]
+__all__ = [
+    "Action",
+    "Assign",
+    "Cancel",
+    "Created",
+    "DropNode",
+    "InstanceGone",
+    "JobSpec",
+    "Notify",
+    "Outcome",
+    "Partial",
+    "Routed",
+    "Store",
+    "now_ms",
+]

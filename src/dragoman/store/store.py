@@ -7,11 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
@@ -66,7 +68,42 @@ class DropNode:
     instance: str
 
 
-Action = Assign | Cancel | Outcome | DropNode
+@dataclass(frozen=True, slots=True)
+class InstanceGone:
+    """An instance stopped announcing itself and this one took it over: re-route what its inbox holds."""
+
+    instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """A ``ui_event`` for a session held by another instance (sent between instances, not by scripts)."""
+
+    session: str
+    job_id: str
+    event: str
+    error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A node's raw ``asr_partial`` for a session held by another instance."""
+
+    session: str
+    raw: bytes
+
+
+Action = Assign | Cancel | Outcome | DropNode | InstanceGone
+Routed = Assign | Cancel | Outcome | DropNode | Notify | Partial  # what one instance may post to another
+_ROUTED: dict[bytes, type[Routed]] = {
+    b"assign": Assign,
+    b"cancel": Cancel,
+    b"outcome": Outcome,
+    b"drop_node": DropNode,
+    b"notify": Notify,
+    b"partial": Partial,
+}
+_ROUTED_KIND = {cls: kind for kind, cls in _ROUTED.items()}
 
 
 def _s(value: bytes | str) -> str:
@@ -93,7 +130,13 @@ def _action(row: list[Any]) -> Action:
         )
     if kind == "drop_node":
         return DropNode(_s(row[1]), _s(row[2]))
+    if kind == "instance_gone":
+        return InstanceGone(_s(row[1]))
     raise ValueError(f"unknown store action {kind!r}")
+
+
+def _routed(fields: dict[bytes, bytes]) -> Routed:
+    return msgspec.msgpack.decode(fields[b"m"], type=_ROUTED[fields[b"k"]])
 
 
 def _actions(rows: list[Any]) -> list[Action]:
@@ -155,6 +198,7 @@ class Store:
         self.settings = settings
         self.url = url
         self.client = connect(url)
+        self.blocking = connect(url)  # blocking inbox reads never hold up request/response traffic
         self.prefix = f"{settings.key_prefix}:{{sched}}:"
         self._keys = [self.prefix + "deadlines"]
         self._scripts = Scripts(self.client)
@@ -172,6 +216,7 @@ class Store:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self.blocking.aclose()
 
     async def _call(self, name: str, *args: Any) -> Any:
         header = [self.prefix, now_ms(), random.random(), *self._header_tail]
@@ -203,9 +248,10 @@ class Store:
         rows = await self._call("complete_job", job_id, node, attempt, kind, raw, block_ms, drain)
         return _s(rows[0][1]), _actions(rows[1:])
 
-    async def mark_job(self, job_id: str, node: str, attempt: int, mark: str) -> tuple[str, int, str] | None:
+    async def mark_job(self, job_id: str, node: str, attempt: int, mark: str) -> tuple[str, str] | None:
+        """(session, owner) when the attempt is current and unresolved, else None."""
         row = await self._call("mark_job", job_id, node, attempt, mark)
-        return (_s(row[0]), int(row[1]), _s(row[2])) if row else None
+        return (_s(row[0]), _s(row[1])) if row else None
 
     async def cancel_jobs(self, job_ids: list[str], reason: str) -> list[Action]:
         if not job_ids:
@@ -241,6 +287,66 @@ class Store:
                 pipe.hgetall(f"{self.prefix}node:{node.decode()}")
             rows: list[dict[bytes, bytes]] = await pipe.execute()
         return [{"id": n, **{k.decode(): v for k, v in r.items()}} for n, r in zip(ids, rows, strict=True) if r]
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def _session_key(self, session: str) -> str:
+        return f"{self.prefix}session:{session}"
+
+    async def open_session(self, session: str, instance: str, init: bytes, trace: str) -> None:
+        key = self._session_key(session)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"owner": instance, "init": init, "trace": trace})
+            pipe.pexpire(key, self.settings.resume_grace_ms)
+            await pipe.execute()
+
+    async def keep_sessions(self, sessions: list[str]) -> None:
+        """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.pexpire(self._session_key(session), self.settings.resume_grace_ms)
+            await pipe.execute()
+
+    async def close_session(self, session: str) -> None:
+        await self.client.delete(self._session_key(session))
+
+    async def session_owner(self, session: str) -> str:
+        owner = await self.client.hget(self._session_key(session), "owner")
+        return _s(owner) if owner else ""
+
+    # -- instance inboxes -------------------------------------------------------------------------
+
+    def inbox_key(self, instance: str) -> str:
+        return f"{self.settings.key_prefix}:{{inbox:{instance}}}"
+
+    async def post(self, instance: str, message: Routed) -> None:
+        """Append a message to another instance's inbox (a stream; bounded, oldest trimmed first)."""
+        fields = {"k": _ROUTED_KIND[type(message)], "m": msgspec.msgpack.encode(message)}
+        await self.client.xadd(self.inbox_key(instance), fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+
+    async def open_inbox(self, instance: str) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
+            await self.client.xgroup_create(self.inbox_key(instance), "dragoman", id="0", mkstream=True)
+
+    async def read_inbox(self, instance: str, block_ms: int, count: int = 256) -> list[tuple[bytes, Routed]]:
+        replies: list[Any] = await self.blocking.xreadgroup(  # type: ignore[assignment]
+            "dragoman", instance, {self.inbox_key(instance): ">"}, count=count, block=block_ms
+        )
+        return [(entry_id, _routed(fields)) for _, entries in replies or [] for entry_id, fields in entries]
+
+    async def ack_inbox(self, instance: str, ids: list[bytes]) -> None:
+        key = self.inbox_key(instance)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(key, "dragoman", *ids)
+            pipe.xdel(key, *ids)
+            await pipe.execute()
+
+    async def take_inbox(self, instance: str) -> list[Routed]:
+        """Everything a dead instance's inbox holds, then the inbox is deleted."""
+        key = self.inbox_key(instance)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrange(key)  # type: ignore[assignment]
+        await self.client.delete(key)
+        return [_routed(fields) for _, fields in entries]
 
     # -- instances and the periodic sweep ---------------------------------------------------------
 

@@ -61,6 +61,15 @@ local function instance_of(node)
   return redis.call('HGET', key('node', node), 'instance') or ''
 end
 
+-- The instance that delivers the job's outcome: the session's current owner (it may have been
+-- resumed elsewhere), else the one that created the job; '' for an HTTP API job or a detached session.
+local function owner_of(j)
+  if j.owner == '' then return '' end
+  local owner = redis.call('HGET', key('session', j.session), 'owner')
+  if owner == false then return j.owner end
+  return owner
+end
+
 -- Can this node take this job now? Live and eligible (in the pool), room left, not excluded.
 local function usable(node, j, excluded)
   if not node or excluded[node] then return false end
@@ -115,7 +124,7 @@ local function assign(j, node)
   redis.call('SET', key('turn', j.turn, j.tgt), node, 'PX', AFFINITY_TTL)
   redis.call('SET', key('affinity', j.session), node, 'PX', AFFINITY_TTL)
   j.attempt, j.node, j.nodes, j.state = attempt, node, nodes, 'dispatched'
-  return {'assign', j.id, node, instance_of(node), attempt, redis.call('HGET', j.k, 'frame'), j.session, j.owner}
+  return {'assign', j.id, node, instance_of(node), attempt, redis.call('HGET', j.k, 'frame'), j.session, owner_of(j)}
 end
 
 -- Take the job's attempt off the node and give its capacity back. Idempotent: the node's job
@@ -141,7 +150,7 @@ local function resolve(j, state, detail)
   redis.call('PEXPIRE', j.k, tonumber(j.ttl))
   redis.call('ZREM', DEADLINES, j.id)
   redis.call('ZREM', PENDING, j.id)
-  return {'outcome', j.id, state, detail, j.session, j.index, j.owner, j.trace, j.created_ms, j.dispatched_ms}
+  return {'outcome', j.id, state, detail, j.session, j.index, owner_of(j), j.trace, j.created_ms, j.dispatched_ms}
 end
 
 -- Wait for a node: the pending timeout runs from now.

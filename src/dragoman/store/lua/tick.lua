@@ -4,7 +4,8 @@
 -- KEYS[1]  the deadlines zset (names the scheduling hash slot)
 -- ARGV[1..8] the common header (see _lib.lua)
 -- ARGV[9] the most items of each kind to handle in this call
--- Returns actions, plus {'drop_node', node, instance} for each node whose liveness expired.
+-- Returns actions, plus {'drop_node', node, instance} for each node whose liveness expired and
+-- {'instance_gone', instance} for each instance taken over (the caller re-routes its inbox).
 local limit = tonumber(ARGV[9])
 local actions = {}
 for _, job_id in ipairs(redis.call('ZRANGE', DEADLINES, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, limit)) do
@@ -35,5 +36,6 @@ for _, inst in ipairs(redis.call('ZRANGE', INSTANCES, '-inf', NOW, 'BYSCORE', 'L
   for _, node in ipairs(redis.call('SMEMBERS', nodes)) do node_down(node, actions) end
   redis.call('DEL', nodes)
   redis.call('ZREM', INSTANCES, inst)
+  actions[#actions + 1] = {'instance_gone', inst}
 end
 return actions

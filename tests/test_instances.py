@@ -1,0 +1,72 @@
+"""Several instances sharing one store: work crosses instances through their inboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from conftest import Running, start_dragoman
+from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk
+
+
+@pytest.fixture
+async def pair(store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+    prefix = f"multi-{uuid.uuid4().hex[:8]}"
+    a = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    b = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    yield a, b
+    for instance in (a, b):
+        await instance.stop()
+
+
+async def test_session_on_one_instance_and_node_on_another(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    async with LinguaNode(b.node_url) as node, LinguaWebClient(a.session_url) as client:
+        await node.start()
+        await client.init()
+        for _ in range(3):
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+        jobs = [await node.next_job() for _ in range(3)]
+        assert [j["utterance_index"] for j in jobs] == [0, 1, 2]
+        for job in reversed(jobs):
+            await node.result(job, text_translated=f"t{job['utterance_index']}")
+        outcomes = await client.outcomes(3)
+        assert [o["text_translated"] for o in outcomes] == ["t0", "t1", "t2"]
+        events = [e["event"] for e in client.skipped_of("ui_event")]
+        assert events.count("DISPATCHED") == 3  # sent by b, delivered to a's client
+
+
+async def test_concurrent_identical_job_requests_on_two_instances_make_one_job(
+    pair: tuple[Running, Running],
+) -> None:
+    a, b = pair
+    body = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(100)).decode()}
+    headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    async with LinguaNode(a.node_url) as node, httpx.AsyncClient() as http:
+        await node.start()
+        posts = [http.post(f"{x.http}/api/v1/jobs", json=body, headers=headers) for x in (a, b) * 20]
+        replies = await asyncio.gather(*posts)
+        assert len({r.json()["job_id"] for r in replies}) == 1
+        job = await node.next_job()
+        await node.expect_nothing(0.3, types={"job_assign"})
+        await node.result(job, text_translated="once")
+        # Either instance answers for the job.
+        status = (await http.get(f"{b.http}/api/v1/jobs/{job['job_id']}", params={"wait": 5})).json()
+        assert status["status"] == "completed" and status["result"]["text_translated"] == "once"
+
+
+async def test_both_instances_see_every_node(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    async with LinguaNode(a.node_url) as n1, LinguaNode(b.node_url) as n2, httpx.AsyncClient() as http:
+        await n1.start()
+        await n2.start()
+        for instance in (a, b):
+            cluster = (await http.get(f"{instance.http}/api/v1/cluster")).json()
+            assert {n["node_id"] for n in cluster["nodes"]} == {n1.node_id, n2.node_id}
+            assert cluster["online_instances"] == 2
