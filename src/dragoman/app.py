@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -118,15 +119,22 @@ def create_app(scheduler: Scheduler) -> Starlette:
     return Starlette(routes=routes)
 
 
+async def _resume(scheduler: Scheduler, conn: Connection, owned: list[SessionActor], msg: p.SessionInit) -> None:
+    """Resume a session (a store round trip, so off the reader's path); the client waits for its ack."""
+    actor = await scheduler.resume_session(conn, msg)
+    owned.append(actor)
+    if conn.closed:  # the socket closed while the store answered
+        actor.socket_closed()
+
+
 def _route_client(
     scheduler: Scheduler, conn: Connection, owned: list[SessionActor], msg: p.Inbound, received: float
 ) -> None:
     """Hand one client message to its session's actor, or answer it here (§5)."""
-    if isinstance(msg, p.SessionInit):
-        actor = SessionActor(scheduler, conn, msg, p.new_session_id())
-        scheduler.sessions[actor.id] = actor
-        owned.append(actor)
-        conn.send_nowait(p.encode(p.SessionInitAck.new(actor.id, actor.trace_id)))
+    if isinstance(msg, p.SessionInit) and msg.resume_session_id:
+        asyncio.create_task(_resume(scheduler, conn, owned, msg))  # noqa: RUF006 - it finishes by itself
+    elif isinstance(msg, p.SessionInit):
+        owned.append(scheduler.open_session(conn, msg))
     elif isinstance(msg, p.RoomMessage):
         if not owned:
             conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: Session not initialized"))

@@ -45,6 +45,7 @@ class Settings:
     tick_interval_ms: int = 250
     reconcile_interval_ms: int = 30_000  # in-flight counts checked against the jobs themselves
     node_liveness_ms: int = 45_000
+    reconnect_grace_ms: int = 5000  # a re-registered node has this long to answer the attempts it held
     # Delivery (§12, §5.6)
     gap_timeout_ms: int = 30_000
     same_node_grace_ms: int = 2000

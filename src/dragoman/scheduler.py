@@ -17,12 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import msgspec
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from dragoman import __version__, metrics
 from dragoman import protocol as p
 from dragoman.config import Settings
 from dragoman.connection import Connection
+from dragoman.session import SessionActor
 from dragoman.store import (
     Action,
     Assign,
@@ -40,7 +42,6 @@ from dragoman.store import (
 
 if TYPE_CHECKING:
     from dragoman.nodes import NodeLink
-    from dragoman.session import SessionActor
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Scheduler:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.store_healthy = True
+        self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
         metrics.SESSIONS.read = lambda: len(self.sessions)
         metrics.NODES.read = lambda: len(self.nodes)
 
@@ -71,6 +73,7 @@ class Scheduler:
         await self._announce()
         self._tasks = [
             asyncio.create_task(self._consume_inbox(), name="inbox"),
+            asyncio.create_task(self._every(0.1, self._flush_delivered), name="delivered"),
             asyncio.create_task(self._every(self.settings.instance_ttl_ms / 3000, self._announce), name="announce"),
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
@@ -139,7 +142,21 @@ class Scheduler:
         ).encode()
         await self.store.announce(self.instance_id, description)
         if self.sessions:
-            await self.store.keep_sessions(list(self.sessions))
+            await self.store.keep_sessions([(sid, actor.delivered) for sid, actor in self.sessions.items()])
+
+    async def _flush_delivered(self) -> None:
+        """Record, for a resume, up to which index each session has delivered: batched for all sessions
+        every 100 ms, off the hot path (a crash may re-send the last 100 ms of outcomes after a resume;
+        each carries its utterance_index, and the Dragoman client drops repeats)."""
+        if not self.delivered_dirty:
+            return
+        dirty, self.delivered_dirty = self.delivered_dirty, set()
+        live = [(sid, self.sessions[sid].delivered) for sid in dirty if sid in self.sessions]
+        try:
+            await self.store.keep_sessions(live)
+        except BaseException:
+            self.delivered_dirty |= dirty
+            raise
 
     async def _tick(self) -> None:
         await self.apply(await self.store.tick())
@@ -147,6 +164,38 @@ class Scheduler:
     async def reconcile(self) -> None:
         for node, counted, actual in await self.store.reconcile():
             log.warning("node %s: in-flight count repaired from its jobs: %d -> %d", node, counted, actual)
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def open_session(self, conn: Connection, init: p.SessionInit) -> SessionActor:
+        actor = SessionActor(self, conn, init, p.new_session_id(), p.new_uuid())
+        self.sessions[actor.id] = actor
+        resumed = False if init.resume_session_id else None  # said only to a client that asked
+        conn.send_nowait(p.encode(p.SessionInitAck.new(actor.id, actor.trace_id, resumed=resumed)))
+        return actor
+
+    async def resume_session(self, conn: Connection, init: p.SessionInit) -> SessionActor:
+        """``session_init`` with ``resume_session_id`` (§18.2): the same session, on this socket, with its
+        numbering, settings and missed outcomes; or a new session when it cannot be resumed."""
+        session_id = init.resume_session_id or ""
+        token = p.new_uuid()
+        try:
+            previous = await self.store.claim_session(session_id, "*", self.instance_id, token)
+            snapshot = await self.store.session_snapshot(session_id) if previous is not None else None
+        except STORE_DOWN as exc:
+            self.store_failed(exc)
+            snapshot = None
+        if snapshot is None:
+            return self.open_session(conn, init)
+        old = self.sessions.get(session_id)
+        if old is not None:
+            old.supersede()
+        first = msgspec.json.decode(snapshot.init, type=p.SessionInit)
+        conn.send_nowait(p.encode(p.SessionInitAck.new(session_id, snapshot.trace, resumed=True)))
+        actor = SessionActor(self, conn, first, session_id, token, resumed=snapshot)
+        self.sessions[session_id] = actor
+        log.info("session %s resumed (was held by %s)", session_id, previous or "nobody")
+        return actor
 
     # -- jobs ---------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
-from dragoman.store import JobSpec, Outcome, now_ms
+from dragoman.store import JobSpec, Outcome, SessionSnapshot, now_ms, outcome_of
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Connection, Scheduler
@@ -89,13 +89,23 @@ _SOCKET_CLOSED = _SocketClosed()
 
 
 class SessionActor:
-    def __init__(self, scheduler: Scheduler, conn: Connection, init: p.SessionInit, session_id: str) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        conn: Connection,
+        init: p.SessionInit,
+        session_id: str,
+        token: str,
+        resumed: SessionSnapshot | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.settings = scheduler.settings
         self.conn = conn
         self.id = session_id
         self.init = init
-        self.trace_id = init.trace_id or p.new_uuid()
+        self.token = token  # names this actor in the session's record (a resume may race it)
+        self.trace_id = resumed.trace if resumed else (init.trace_id or p.new_uuid())
+        self.delivered = -1  # outcomes up to this index have been sent
         self.segmenter = Segmenter(self.settings)
         self.next_index = 0  # the next utterance index (§10.2, §11.3)
         self.slots: dict[int, Slot] = {}  # unreleased slots, in increasing index order
@@ -109,7 +119,25 @@ class SessionActor:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self.task = asyncio.create_task(self._run(), name=f"session {session_id}")
+        if resumed is not None:
+            self._restore(resumed)
+        self.task = asyncio.create_task(self._run(resumed is None), name=f"session {session_id}")
+
+    def _restore(self, snapshot: SessionSnapshot) -> None:
+        """Carry on a resumed session: its numbering, and a slot for every job past what it delivered."""
+        self.delivered = snapshot.delivered
+        self.next_index = max([snapshot.delivered, *(index for index, _, _ in snapshot.jobs)]) + 1
+        now = _mono_ms()
+        for index, job_id, record in snapshot.jobs:
+            slot = Slot(index, job_id, True, record.get("pair", b"").decode(), self.trace_id, None)
+            state = record.get("state", b"").decode()
+            if not record:  # its record expired: nothing to deliver but the gap
+                slot.frames, slot.resolved_at = [self._missing(slot, "gap_timeout")], now
+            elif state in ("completed", "empty", "failed", "timed_out"):
+                slot.outcome = outcome_of(job_id, self.id, index, state, record)
+                slot.resolved_at = now
+            self.slots[index] = slot
+            self._by_job[job_id] = index
 
     # -- the actor's inbox (called from other tasks) ----------------------------------------------
 
@@ -134,13 +162,17 @@ class SessionActor:
 
     # -- the actor ----------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
-            await self.scheduler.store.open_session(
-                self.id, self.scheduler.instance_id, msgspec.json.encode(self.init), self.trace_id
-            )
-        except Exception as exc:
-            self.scheduler.store_failed(exc)
+    async def _run(self, new: bool) -> None:
+        if new:
+            try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
+                init = msgspec.json.encode(self.init)
+                await self.scheduler.store.open_session(
+                    self.id, self.scheduler.instance_id, self.token, init, self.trace_id
+                )
+            except Exception as exc:
+                self.scheduler.store_failed(exc)
+        else:
+            await self._release()  # what the session missed while it was away
         while not self._closed:
             event = await self._queue.get()
             try:
@@ -164,7 +196,7 @@ class SessionActor:
         elif isinstance(event, _Wake):
             await self._on_wake()
         elif isinstance(event, _SocketClosed):
-            await self._discard()
+            await self._detach()
         await self._release()
 
     def _rearm(self) -> None:
@@ -271,19 +303,31 @@ class SessionActor:
         with contextlib.suppress(Exception):
             await self.scheduler.store.close_session(self.id)
 
-    async def _discard(self) -> None:
-        """The socket is gone: cancel running jobs and drop what was buffered (§6.10)."""
-        pending = [s.job_id for s in self.slots.values() if s.outcome is None and not s.frames]
-        self.slots.clear()
+    async def _detach(self) -> None:
+        """The socket is gone without session_close. The session stays resumable for ``resume_grace_ms``
+        (§18.2): buffered audio is cut and held utterances dispatched, so nothing accepted is lost; running
+        jobs go on and their outcomes wait in the store for a resume."""
+        for cut in self.segmenter.flush():
+            await self._create_from_cut(cut, _mono_ms())
+        await self._dispatch_held(force=True)
         self._stop()
-        with contextlib.suppress(Exception):
-            await self.scheduler.cancel_jobs(pending, "session_closed")
+        try:
+            await self.scheduler.store.keep_sessions([(self.id, self.delivered)])
+            await self.scheduler.store.claim_session(self.id, self.token, "", "")
+        except Exception as exc:  # the record expires by itself
+            self.scheduler.store_failed(exc)
+
+    def supersede(self) -> None:
+        """The session was resumed by another actor: stop without touching its record."""
+        self._stop()
+        self._queue.put_nowait(_WAKE)
 
     def _stop(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        self.scheduler.sessions.pop(self.id, None)
+        if self.scheduler.sessions.get(self.id) is self:
+            del self.scheduler.sessions[self.id]
 
     # -- jobs -----------------------------------------------------------------------------------------
 
@@ -470,6 +514,8 @@ class SessionActor:
             self._head_since = _mono_ms()
             for frame in slot.frames or self._outcome_frames(slot):
                 await self.send(frame)
+            self.delivered = index
+            self.scheduler.delivered_dirty.add(self.id)
         if self._closing_until is not None and not self.slots and not self._closed:
             await self._finish_close()
 

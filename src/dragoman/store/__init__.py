@@ -12,8 +12,10 @@ from dragoman.store.store import (
     Outcome,
     Partial,
     Routed,
+    SessionSnapshot,
     Store,
     now_ms,
+    outcome_of,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "Outcome",
     "Partial",
     "Routed",
+    "SessionSnapshot",
     "Store",
     "now_ms",
+    "outcome_of",
 ]

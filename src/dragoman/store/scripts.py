@@ -23,6 +23,7 @@ SCRIPT_NAMES = (
     "tick",
     "announce_instance",
     "reconcile",
+    "claim_session",
 )
 
 

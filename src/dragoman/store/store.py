@@ -135,6 +135,22 @@ def _action(row: list[Any]) -> Action:
     raise ValueError(f"unknown store action {kind!r}")
 
 
+def outcome_of(job_id: str, session: str, index: int, state: str, record: dict[str, bytes]) -> Outcome:
+    """The outcome of a resolved job, read back from its record (for a resumed session)."""
+    dispatched = record.get("dispatched_ms")
+    return Outcome(
+        job_id=job_id,
+        state=state,
+        detail=record.get("outcome", b""),
+        session=session,
+        index=index,
+        owner=_s(record.get("owner", b"")),
+        trace=_s(record.get("trace", b"")),
+        created_ms=int(record.get("created_ms", b"0")),
+        dispatched_ms=int(dispatched) if dispatched else None,
+    )
+
+
 def _routed(fields: dict[bytes, bytes]) -> Routed:
     return msgspec.msgpack.decode(fields[b"m"], type=_ROUTED[fields[b"k"]])
 
@@ -166,6 +182,14 @@ class Created:
     job_id: str
     state: str
     actions: list[Action]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    init: bytes  # the session's first session_init (its language settings)
+    trace: str
+    delivered: int  # outcomes up to this index were delivered
+    jobs: list[tuple[int, str, dict[str, bytes]]]  # (index, job id, job record) past ``delivered``
 
 
 def now_ms() -> int:
@@ -265,7 +289,16 @@ class Store:
     # -- nodes ------------------------------------------------------------------------------------
 
     async def register_node(self, node: str, conn: str, instance: str, cap: int, info: bytes) -> tuple[str, str]:
-        row = await self._call("register_node", node, conn, instance, cap, info, self.settings.node_liveness_ms)
+        row = await self._call(
+            "register_node",
+            node,
+            conn,
+            instance,
+            cap,
+            info,
+            self.settings.node_liveness_ms,
+            self.settings.reconnect_grace_ms,
+        )
         return _s(row[0]), _s(row[1])
 
     async def heartbeat_node(
@@ -293,22 +326,56 @@ class Store:
     def _session_key(self, session: str) -> str:
         return f"{self.prefix}session:{session}"
 
-    async def open_session(self, session: str, instance: str, init: bytes, trace: str) -> None:
+    async def open_session(self, session: str, instance: str, actor: str, init: bytes, trace: str) -> None:
         key = self._session_key(session)
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"owner": instance, "init": init, "trace": trace})
+            pipe.hset(key, mapping={"owner": instance, "actor": actor, "init": init, "trace": trace})
             pipe.pexpire(key, self.settings.resume_grace_ms)
             await pipe.execute()
 
-    async def keep_sessions(self, sessions: list[str]) -> None:
-        """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops)."""
+    async def keep_sessions(self, sessions: list[tuple[str, int]]) -> None:
+        """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops) and
+        record up to which index each has delivered its outcomes, so a resume re-sends only the rest."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for session in sessions:
-                pipe.pexpire(self._session_key(session), self.settings.resume_grace_ms)
+            for session, delivered in sessions:
+                key = self._session_key(session)
+                pipe.hset(key, "delivered", delivered)
+                pipe.pexpire(key, self.settings.resume_grace_ms)
+                pipe.zremrangebyscore(key + ":jobs", "-inf", delivered)
             await pipe.execute()
 
     async def close_session(self, session: str) -> None:
-        await self.client.delete(self._session_key(session))
+        key = self._session_key(session)
+        await self.client.delete(key, key + ":jobs")
+
+    async def claim_session(self, session: str, expected_actor: str, owner: str, actor: str) -> str | None:
+        """Give the session to ``owner``/``actor`` if the actor ``expected_actor`` ('*': any) holds it.
+        Returns the previous owner instance, or None when there is no such session or another actor holds it."""
+        previous = await self._call(
+            "claim_session", session, expected_actor, owner, actor, self.settings.resume_grace_ms
+        )
+        return None if previous is None else _s(previous)
+
+    async def session_snapshot(self, session: str) -> SessionSnapshot | None:
+        """What a resumed session needs: its first ``session_init``, trace id, and every job past what it
+        delivered, with each job's record."""
+        key = self._session_key(session)
+        record: dict[bytes, bytes] = await self.client.hgetall(key)  # type: ignore[assignment]
+        if not record:
+            return None
+        delivered = int(record.get(b"delivered", b"-1"))
+        rows: list[tuple[bytes, float]] = await self.client.zrangebyscore(  # type: ignore[assignment]
+            key + ":jobs", f"({delivered}", "+inf", withscores=True
+        )
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id, _ in rows:
+                pipe.hgetall(f"{self.prefix}job:{_s(job_id)}")
+            records: list[dict[bytes, bytes]] = await pipe.execute()
+        jobs = [
+            (int(index), _s(job_id), {_s(k): v for k, v in job.items()})
+            for (job_id, index), job in zip(rows, records, strict=True)
+        ]
+        return SessionSnapshot(record[b"init"], _s(record[b"trace"]), delivered, jobs)
 
     async def session_owner(self, session: str) -> str:
         owner = await self.client.hget(self._session_key(session), "owner")

@@ -24,6 +24,11 @@ redis.call('HSET', jk, 'state', 'pending', 'attempt', 0, 'nodes', '', 'node', ''
            'trace', ARGV[16], 'owner', ARGV[17], 'created_ms', NOW, 'dispatched_ms', '', 'frame', ARGV[18],
            'ttl', ARGV[19], 'seq', redis.call('INCR', key('seq')))
 redis.call('PEXPIRE', jk, BINDING_TTL)
+if ARGV[17] ~= '' then  -- a session's job: indexed so that a resumed session finds what it missed
+  local index_key = key('session', session, 'jobs')
+  redis.call('ZADD', index_key, tonumber(index), job_id)
+  redis.call('PEXPIRE', index_key, BINDING_TTL)
+end
 local j = load_job(job_id)
 local node = pick(j)
 if node then

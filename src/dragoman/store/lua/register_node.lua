@@ -15,6 +15,11 @@ if prev[2] and prev[2] ~= ARGV[11] then redis.call('SREM', key('instance', prev[
 redis.call('HSET', nk, 'conn', ARGV[10], 'instance', ARGV[11], 'cap', ARGV[12], 'info', ARGV[13],
            'registered_ms', NOW, 'hb_ms', NOW, 'status', 'registering', 'pairs', '')
 redis.call('HSETNX', nk, 'inflight', 0)
+local grace = NOW + tonumber(ARGV[15])
+for _, job_id in ipairs(redis.call('SMEMBERS', key('node', node, 'jobs'))) do
+  local due = tonumber(redis.call('ZSCORE', DEADLINES, job_id))
+  if due and due > grace then redis.call('ZADD', DEADLINES, grace, job_id) end
+end
 redis.call('PEXPIRE', nk, BINDING_TTL)
 redis.call('SADD', key('instance', ARGV[11], 'nodes'), node)
 redis.call('ZADD', LIVE, NOW + tonumber(ARGV[14]), node)
