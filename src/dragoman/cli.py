@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 
+from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.config import ConfigError, load_settings
 from dragoman.store.embedded import EmbeddedStoreError
 
@@ -23,11 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
     serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    add_node_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.func(args))
     try:
         settings = load_settings(
             {

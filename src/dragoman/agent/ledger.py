@@ -23,7 +23,7 @@ T = TypeVar("T")
 class RecentSet(Generic[K]):
     """A set that forgets its oldest keys beyond ``capacity`` (first in, first out).
 
-    Only each key's 64-bit ``hash`` is kept (about 80 bytes per key instead of 230 for the strings in an
+    Only each key's 64-bit ``hash`` is kept (about 80 bytes per key instead of about 240 for the strings in an
     ordered dict: 100k job ids take 8 MiB). Two different keys share a hash with a chance of about
     ``capacity / 2**64`` per new key, which would reject one new job as a duplicate: negligible."""
 
