@@ -1,4 +1,5 @@
-"""Fixtures: a real valkey-server for the whole run, and real Dragoman instances on loopback ports.
+"""Fixtures: a real valkey-server and a real 3-master Valkey Cluster for the whole run, and real Dragoman
+instances on loopback ports.
 
 Each Dragoman started here gets its own key prefix, so tests share one store without seeing each other.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from cluster import ValkeyCluster
 from dragoman.app import create_app
 from dragoman.config import Settings
 from dragoman.scheduler import Scheduler
@@ -37,6 +39,13 @@ async def store_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
     url = await server.start()
     yield url
     await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def cluster_url() -> AsyncIterator[str]:
+    """A Valkey Cluster of three masters on loopback ports (``redis+cluster://…``), started on first use."""
+    async with ValkeyCluster() as cluster:
+        yield cluster.url
 
 
 @dataclass

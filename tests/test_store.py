@@ -1,4 +1,5 @@
-"""The store's scripts, called directly against a real valkey-server: atomicity, selection, capacity."""
+"""The store's scripts, called directly against a real valkey-server and a real 3-master Valkey Cluster:
+atomicity, selection, capacity. Every test runs on both (ids ``single`` and ``cluster``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from dragoman.config import Settings
 from dragoman.store import Assign, Cancel, JobSpec, Outcome, Store
 
 
+@pytest.fixture(params=["store_url", "cluster_url"], ids=["single", "cluster"])
+def any_store_url(request: pytest.FixtureRequest) -> str:
+    """The single server's URL, then the cluster's: each fixture is started only if a test asks for it."""
+    url: str = request.getfixturevalue(request.param)
+    return url
+
+
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = Store(Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", pending_timeout_ms=100_000), store_url)
+async def store(any_store_url: str) -> AsyncIterator[Store]:
+    s = Store(Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", pending_timeout_ms=100_000), any_store_url)
     await s.open()
     yield s
     await s.close()
@@ -129,8 +137,9 @@ async def test_turn_affinity_and_two_way_pairs(store: Store) -> None:
     assert assigns(first.actions)[0].node == assigns(second.actions)[0].node
 
 
-async def test_tick_expires_pending_and_attempt_deadlines(store_url: str) -> None:
-    s = Store(Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", pending_timeout_ms=50, job_timeout_ms=50), store_url)
+async def test_tick_expires_pending_and_attempt_deadlines(any_store_url: str) -> None:
+    settings = Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", pending_timeout_ms=50, job_timeout_ms=50)
+    s = Store(settings, any_store_url)
     await s.open()
     try:
         waiting = await s.create_job(spec(pair="xx:yy"))
@@ -152,7 +161,9 @@ async def test_every_job_key_has_a_ttl(store: Store) -> None:
     done = await store.create_job(spec(session="s-1"))
     await store.create_job(spec(session="s-2"))  # waits
     await store.complete_job(done.job_id, "a", 1, "completed", b"{}", 0, 8)
+    # On the cluster, scan_iter scans every master (redis-py's RedisCluster.scan_iter), not just one.
     keys = [k.decode() async for k in store.client.scan_iter(match=store.prefix + "*")]
+    assert f"{store.prefix}job:{done.job_id}" in keys  # the scan reached the master holding {sched}
     unbounded = []
     for key in keys:
         if await store.client.pttl(key) == -1:
