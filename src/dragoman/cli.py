@@ -7,7 +7,9 @@ import asyncio
 import logging
 import sys
 
+from dragoman import bench
 from dragoman.agent.cli import add_parser as add_node_parser
+from dragoman.client.cli import add_parsers as add_client_parsers
 from dragoman.config import ConfigError, load_settings
 from dragoman.store.embedded import EmbeddedStoreError
 
@@ -25,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     add_node_parser(commands)
+    add_client_parsers(commands)
+    bench.add_parser(commands)
     return parser
 
 
