@@ -20,10 +20,10 @@ import redis.asyncio as redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import start_dragoman  # noqa: E402
-from peers import LinguaNode, LinguaWebClient, voiced_chunk  # noqa: E402
+from dragoman.store.embedded import EmbeddedStore
 
-from dragoman.store.embedded import EmbeddedStore  # noqa: E402
+from conftest import start_dragoman
+from peers import LinguaNode, LinguaWebClient, voiced_chunk
 
 
 async def commandstats(client: redis.Redis) -> dict[str, int]:

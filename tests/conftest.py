@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import uvicorn
 
-from cluster import ValkeyCluster
 from dragoman.app import create_app
 from dragoman.config import Settings
 from dragoman.scheduler import Scheduler
 from dragoman.server import UvicornServer
 from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
+
+from cluster import ValkeyCluster
 
 
 def free_port() -> int:

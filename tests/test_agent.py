@@ -25,7 +25,6 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from conftest import StartDragoman, free_port
 from dragoman import protocol as p
 from dragoman.agent import AgentConfig, EngineConfig, NodeAgent, load_engine
 from dragoman.agent.agent import Backoff, with_token
@@ -39,6 +38,8 @@ from dragoman.agent.engines import (
     available_engines,
 )
 from dragoman.agent.ledger import Outbox, RecentSet
+
+from conftest import StartDragoman, free_port
 from peers import LinguaWebClient, pcm16, voiced_chunk
 
 Frame = dict[str, Any]

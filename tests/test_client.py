@@ -21,7 +21,6 @@ import httpx
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from conftest import StartDragoman, free_port
 from dragoman import protocol as p
 from dragoman.audio import plan_a_stats
 from dragoman.client import (
@@ -45,6 +44,8 @@ from dragoman.client.audio import SAMPLE_RATE
 from dragoman.client.opus import CHUNK_PACKETS, PACKET_SAMPLES, packet_duration_ms
 from dragoman.client.output import JsonReporter
 from dragoman.client.translate import TranslateOptions, translate
+
+from conftest import StartDragoman, free_port
 from peers import LinguaNode
 
 # ----------------------------------------------------------------------------------------------------

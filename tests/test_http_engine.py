@@ -23,15 +23,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import StartDragoman, free_port
 from dragoman import protocol as p
 from dragoman.agent import AgentConfig, EngineConfig, EngineError, NodeAgent
 from dragoman.agent import audio as node_audio
 from dragoman.agent.engines import EngineUnavailable
 from dragoman.agent.http_engine import HttpEngine
 from dragoman.server import UvicornServer
-from peers import LinguaWebClient, pcm16
 from test_agent import FakeScheduler, job
+
+from conftest import StartDragoman, free_port
+from peers import LinguaWebClient, pcm16
 
 # ----------------------------------------------------------------------------------------------------
 # Scripted services

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from dragoman import protocol as p
+
 from peers import LinguaNode
 
 

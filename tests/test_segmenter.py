@@ -10,6 +10,7 @@ from dragoman import metrics
 from dragoman.audio import PACKET_MS, pcm16_duration_ms, plan_a_stats
 from dragoman.config import Settings
 from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
+
 from peers import plan_a, silence_chunk, voiced_chunk
 
 PAUSE = 3000

@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import start_dragoman
 from dragoman.store.embedded import EmbeddedStore
+
+from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient, voiced_chunk
 
 
