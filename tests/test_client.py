@@ -569,3 +569,15 @@ async def test_status_cli_unreachable_scheduler_is_one_line() -> None:
     code, out, err = await run_cli("status", "--scheduler", f"http://127.0.0.1:{free_port()}")
     assert_one_line_error(code, out, err)
     assert code == 3 and "cannot reach the scheduler" in err
+
+
+def test_repeated_outcomes_after_a_resume_are_passed_on_once() -> None:
+    from dragoman.client.session import _DeliveredSlots
+
+    slots = _DeliveredSlots()
+    assert [slots.add("s-1", i) for i in (0, 1, 3, 1, 2, 3, 0)] == [True, True, True, False, True, False, False]
+    assert slots.add("s-2", 0)  # another session starts afresh
+    for i in range(1, 5000):  # index 0 of s-3 never comes: the set stays bounded and repeats are still caught
+        assert slots.add("s-3", i)
+    assert not slots.add("s-3", 4999) and not slots.add("s-3", 17)
+    assert len(slots._above) <= 4096

@@ -72,6 +72,34 @@ class Reconnected(msgspec.Struct, frozen=True, kw_only=True):
     url: str
 
 
+class _DeliveredSlots:
+    """The utterance indexes whose outcome was passed on, per session: all below a low-water mark, plus the few
+    above it (outcomes arrive in index order, so the set stays small)."""
+
+    def __init__(self) -> None:
+        self._session = ""
+        self._below = 0
+        self._above: set[int] = set()
+
+    def add(self, session_id: str, index: int) -> bool:
+        """Record the slot; False if it was already delivered."""
+        if session_id != self._session:
+            self._session, self._below, self._above = session_id, 0, set()
+        if index < self._below or index in self._above:
+            return False
+        self._above.add(index)
+        while self._below in self._above:
+            self._above.discard(self._below)
+            self._below += 1
+        if len(self._above) > 4096:  # a low index never came (a skipped utterance): move the mark past it
+            self._below = min(self._above) + 1
+            self._above = {i for i in self._above if i >= self._below}
+            while self._below in self._above:
+                self._above.discard(self._below)
+                self._below += 1
+        return True
+
+
 #: What iterating a ``SessionClient`` yields. ``UiEvent`` only if asked for, ``ClientAsrPartial`` unless
 #: turned off. ``server_heartbeat`` and ``session_close_ack`` are handled inside.
 SessionEvent = p.TranslationResult | p.MissingResult | p.Error | p.ClientAsrPartial | p.UiEvent | Reconnected
@@ -250,6 +278,7 @@ class SessionClient:
         self._seq = 0
         self._connected = asyncio.Event()
         self._events: asyncio.Queue[SessionEvent | _End | ClientError] = asyncio.Queue()
+        self._delivered = _DeliveredSlots()
         self._ended = False
         self._failure: ClientError | None = None
         self._state = "new"  # new -> open -> closing -> closed
@@ -477,6 +506,11 @@ class SessionClient:
                 self._events.put_nowait(msg)
         elif isinstance(msg, p.ClientAsrPartial):
             if self.asr_partials:
+                self._events.put_nowait(msg)
+        elif isinstance(msg, p.TranslationResult | p.MissingResult):
+            # After a resume that follows a scheduler crash, outcomes released just before it may come again
+            # (ARCHITECTURE.md, "Delivery marks and crashes"): each slot's outcome is passed on once.
+            if self._delivered.add(msg.session_id, msg.utterance_index):
                 self._events.put_nowait(msg)
         else:
             self._events.put_nowait(msg)
