@@ -70,3 +70,32 @@ async def test_both_instances_see_every_node(pair: tuple[Running, Running]) -> N
             cluster = (await http.get(f"{instance.http}/api/v1/cluster")).json()
             assert {n["node_id"] for n in cluster["nodes"]} == {n1.node_id, n2.node_id}
             assert cluster["online_instances"] == 2
+
+
+async def test_three_instances_session_node_and_api_each_on_another(store_url: str) -> None:
+    prefix = f"three-{uuid.uuid4().hex[:8]}"
+    a, b, c = [await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50) for _ in range(3)]
+    try:
+        body = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(100)).decode()}
+        async with (
+            LinguaNode(c.node_url) as node,
+            LinguaWebClient(a.session_url) as client,
+            httpx.AsyncClient() as http,
+        ):
+            await node.start()
+            await client.init(two_way=False)
+            await client.utterance(0, pcm16(100))
+            created = (await http.post(f"{b.http}/api/v1/jobs", json=body)).json()
+            jobs = {j["session_id"]: j for j in [await node.next_job(), await node.next_job()]}
+            for job in jobs.values():
+                await node.result(job, text_translated=job["session_id"])
+            [outcome] = await client.outcomes(1)
+            assert outcome["text_translated"] == client.session_id
+            status = (await http.get(f"{a.http}/api/v1/jobs/{created['job_id']}", params={"wait": 5})).json()
+            assert status["status"] == "completed"
+            cluster = (await http.get(f"{b.http}/api/v1/cluster")).json()
+            assert cluster["total_instances"] == 3 and cluster["online_nodes"] == 1
+            assert all(i["inbox_pending"] == 0 for i in cluster["instances"])
+    finally:
+        for instance in (a, b, c):
+            await instance.stop()

@@ -113,10 +113,11 @@ async def _no_partial(text: str, is_final: bool) -> None:
     return None
 
 
-def _node_worker(url: str, first: int, count: int, capacity: int, ready: Any, stop: EventType, out: Any) -> None:
+def _node_worker(urls: list[str], first: int, count: int, capacity: int, ready: Any, stop: EventType, out: Any) -> None:
     async def main() -> None:
         seen: dict[str, int] = {}
-        tasks = [asyncio.create_task(_node(url, first + i, capacity, stop, seen)) for i in range(count)]
+        nodes = [_node(urls[(first + i) % len(urls)], first + i, capacity, stop, seen) for i in range(count)]
+        tasks = [asyncio.create_task(node) for node in nodes]
         await asyncio.sleep(0.5)
         ready.put(count)
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -184,10 +185,13 @@ async def _session(url: str, plan: Plan, go: float, deadline: float, log: dict[s
         receiver.cancel()
 
 
-def _client_worker(url: str, sessions: int, plan: Plan, go: float, deadline: float, out: Any) -> None:
+def _client_worker(
+    urls: list[str], first: int, sessions: int, plan: Plan, go: float, deadline: float, out: Any
+) -> None:
     async def main() -> None:
         log: dict[str, _SessionLog] = {}
-        await asyncio.gather(*(_session(url, plan, go, deadline, log) for _ in range(sessions)), return_exceptions=True)
+        runs = [_session(urls[(first + i) % len(urls)], plan, go, deadline, log) for i in range(sessions)]
+        await asyncio.gather(*runs, return_exceptions=True)
         out.put(("clients", {sid: (e.sent, e.outcomes) for sid, e in log.items()}))
 
     _run(main())
@@ -292,7 +296,7 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: _Spawned | None) -> dict[str, Any]:
-    base = scheduler.rstrip("/")
+    bases = [url.rstrip("/") for url in scheduler.split(",")]  # sessions and nodes are spread over them
     ctx = multiprocessing.get_context("spawn")
     out, ready, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     node_workers = max(1, min(plan.nodes, (os.cpu_count() or 2) // 2 or 1))
@@ -300,7 +304,8 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
     procs = []
     first = 0
     for count in per:
-        proc = ctx.Process(target=_node_worker, args=(f"{base}/ws/node", first, count, plan.capacity, ready, stop, out))
+        node_urls = [f"{base}/ws/node" for base in bases]
+        proc = ctx.Process(target=_node_worker, args=(node_urls, first, count, plan.capacity, ready, stop, out))
         proc.start()
         procs.append(proc)
         first += count
@@ -314,9 +319,11 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
     ]
     go = time.time() + 1.0
     deadline = go + plan.duration
+    session_urls = [f"{base}/ws/session" for base in bases]
+    starts = [sum(shares[:i]) for i in range(len(shares))]
     clients = [
-        ctx.Process(target=_client_worker, args=(f"{base}/ws/session", share, plan, go, deadline, out))
-        for share in shares
+        ctx.Process(target=_client_worker, args=(session_urls, start, n, plan, go, deadline, out))
+        for start, n in zip(starts, shares, strict=True)
     ]
     for proc in clients:
         proc.start()
@@ -408,7 +415,9 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = bench.add_mutually_exclusive_group(required=True)
-    target.add_argument("--scheduler", help="base URL of a running instance, e.g. ws://127.0.0.1:5010")
+    target.add_argument(
+        "--scheduler", help="base URL of a running instance, e.g. ws://127.0.0.1:5010; several, comma-separated"
+    )
     target.add_argument("--spawn", action="store_true", help="start a scheduler with an embedded store for the run")
     bench.add_argument("--redis-url", help="the instance's store, for store figures (with --scheduler)")
     bench.add_argument("--sessions", type=int, default=20)

@@ -130,6 +130,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
         instances = []
         for inst in await scheduler.store.instances():  # sessions: live here, as last announced elsewhere
             description = _json(inst.get("description"))
+            inbox_length, inbox_pending = await scheduler.store.inbox_stats(inst["id"])
             started = int(description.get("started_at_ms", 0))
             instances.append(
                 {
@@ -140,8 +141,8 @@ def routes(scheduler: Scheduler) -> list[Route]:
                     "started_at_ms": started,
                     "uptime_seconds": max(0, (now - started) // 1000),
                     "is_online": inst["online"],
-                    "inbox_length": 0,
-                    "inbox_pending": 0,
+                    "inbox_length": inbox_length,
+                    "inbox_pending": inbox_pending,
                     "dlq_length": 0,
                     "nodes_owned": sum(1 for v in views if v.online and v.instance == inst["id"]),
                     "sessions_owned": (
@@ -190,7 +191,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
                 "online_nodes": sum(1 for v in views if v.online),
                 "ready_nodes": ready,
                 "total_sessions": sum(int(i["sessions_owned"] or 0) for i in instances),
-                "total_pending": 0,
+                "total_pending": sum(int(i["inbox_pending"]) for i in instances),
                 "total_dlq": 0,
                 "redis_key_prefix": "",
                 "nodes": node_rows,

@@ -408,6 +408,16 @@ class Store:
             pipe.xdel(key, *ids)
             await pipe.execute()
 
+    async def inbox_stats(self, instance: str) -> tuple[int, int]:
+        """(entries in the instance's inbox, entries read but not yet acknowledged)."""
+        key = self.inbox_key(instance)
+        length = await self.client.xlen(key)
+        try:
+            pending: dict[str, Any] = await self.client.xpending(key, "dragoman")
+        except redis.ResponseError:  # no such group (the inbox was never opened or was taken over)
+            return int(length), 0
+        return int(length), int(pending["pending"])
+
     async def take_inbox(self, instance: str) -> list[Routed]:
         """Everything a dead instance's inbox holds, then the inbox is deleted."""
         key = self.inbox_key(instance)
