@@ -96,3 +96,37 @@ async def test_embedded_store_is_restarted_when_it_dies(tmp_path: Path) -> None:
     finally:
         supervisor.cancel()
         await server.stop()
+
+
+async def test_outage_longer_than_the_timeouts_still_gives_one_outcome(own_store: EmbeddedStore) -> None:
+    d = await start_dragoman(own_store.url, tick_interval_ms=50, job_timeout_ms=300, pending_timeout_ms=300)
+    try:
+        async with (
+            LinguaNode(d.node_url) as node,
+            LinguaWebClient(d.session_url) as client,
+            httpx.AsyncClient(base_url=d.http) as http,
+        ):
+            await node.start()
+            await client.init()
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+            job = await node.next_job()
+            await own_store.stop()
+            await until_health(http, 503)
+            await asyncio.sleep(1.0)  # past the job's deadline while the store is away
+            await node.result(job)
+            await own_store.start()
+            await until_health(http, 200)
+            [outcome] = await client.outcomes(1, timeout=10)
+            assert outcome["utterance_index"] == 0
+            assert outcome["type"] in ("translation_result", "missing_result")
+            await client.expect_nothing(1.0, types={"translation_result", "missing_result", "error"})
+            await node.heartbeat()
+            await client.chunk(voiced_chunk())
+            await client.chunk(voiced_chunk(), is_final=True)
+            job = await node.next_job(timeout=10)
+            await node.result(job)
+            [after] = await client.outcomes(1)
+            assert after["type"] == "translation_result" and after["utterance_index"] == 1
+    finally:
+        await d.stop()
