@@ -132,7 +132,7 @@ class _SessionLog:
     outcomes: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # index -> [(type, ns)]
 
 
-async def _session(url: str, plan: Plan, go: float, deadline: float, log: dict[str, _SessionLog]) -> None:
+async def _session(url: str, ordinal: int, plan: Plan, go: float, deadline: float, log: dict[str, _SessionLog]) -> None:
     async with connect(url, max_size=None, ping_interval=None) as ws:
         await ws.send(
             json.dumps(
@@ -167,7 +167,8 @@ async def _session(url: str, plan: Plan, go: float, deadline: float, log: dict[s
         receiver = asyncio.create_task(receive())
         await asyncio.sleep(max(0.0, go - time.time()))
         interval = plan.sessions / plan.rate if plan.rate else 0.0
-        start = time.monotonic()
+        # Sessions are spread over the interval, so the total rate is steady rather than bursts of every session.
+        start = time.monotonic() + (ordinal / plan.rate if plan.rate else 0.0)
         frame = {"type": "audio_chunk", "session_id": session_id, "seq": 0, "is_final": False, "payload": CHUNK_B64}
         chunk, final = json.dumps(frame), json.dumps(frame | {"is_final": True})
         for index in range(plan.utterances):
@@ -190,7 +191,7 @@ def _client_worker(
 ) -> None:
     async def main() -> None:
         log: dict[str, _SessionLog] = {}
-        runs = [_session(urls[(first + i) % len(urls)], plan, go, deadline, log) for i in range(sessions)]
+        runs = [_session(urls[(first + i) % len(urls)], first + i, plan, go, deadline, log) for i in range(sessions)]
         await asyncio.gather(*runs, return_exceptions=True)
         out.put(("clients", {sid: (e.sent, e.outcomes) for sid, e in log.items()}))
 
@@ -272,11 +273,15 @@ class _Spawned:
         )
         self.store_url = ""
         assert self.process.stdout is not None
+        output = []
         for line in self.process.stdout:
+            output.append(line)
             found = re.search(r"store\s+(\S+)", line)
             if found:
                 self.store_url = found.group(1)
                 break
+        if not self.store_url:
+            raise OSError("the spawned scheduler did not start: " + "".join(output)[-1000:])
         self.peak_rss = {"scheduler": 0, "store": 0}
 
     def sample(self) -> None:
@@ -450,6 +455,9 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if spawned is not None:
             spawned.stop()
+    if report["utterances_sent"] == 0:
+        print("dragoman bench: no utterance could be sent (is the scheduler up?)", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report))
     else:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from dragoman import bench
 from dragoman.agent.cli import add_parser as add_node_parser
@@ -30,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     add_client_parsers(commands)
     bench.add_parser(commands)
     return parser
+
+
+def _fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (it comes with uvicorn[standard]), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from dragoman.server import serve
 
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_fast_loop()) as runner:
+            runner.run(serve(settings))
     except EmbeddedStoreError as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 1

@@ -48,6 +48,7 @@ async def serve(settings: Settings) -> None:
             log_level=settings.log_level,
             ws_max_size=settings.max_message_bytes * 2,  # frames up to the limit get an error reply, not a close
             ws_ping_interval=20,
+            ws_per_message_deflate=False,  # audio does not compress; deflate costs CPU and latency on every frame
             lifespan="off",
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
         )
