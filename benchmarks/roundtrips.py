@@ -76,7 +76,8 @@ async def main(utterances: int) -> None:
         for name, calls in network.most_common():
             print(f"  {name:<12} {calls:>7}  ({calls / utterances:.2f} per utterance)")
         total = sum(network.values())
-        print(f"network round trips per utterance (finalize -> delivered result): {total / utterances:.2f}")
+        print(f"commands over the network per utterance: {total / utterances:.2f}")
+        print(f"script calls (one round trip each) per utterance: {network['evalsha'] / utterances:.2f}")
     finally:
         await probe.aclose()
         await d.stop()
