@@ -142,6 +142,7 @@ async def kill(store_url: str, seconds: float, rate: float, sessions: int) -> di
             "outcome_types": dict(kinds),
             "lost": sum(1 for key in sent if key not in received),
             "duplicated": sum(len(v) - 1 for v in received.values() if len(v) > 1),
+            "duplicated_keys": [(k, v) for k, v in received.items() if len(v) > 1][:10],
             "unattributed_errors": len(received.get((-1, -1), [])),
             "takeover_after_kill_s": taken_over_after,
         }

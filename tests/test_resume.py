@@ -51,6 +51,10 @@ async def test_resumed_session_keeps_id_numbering_and_gets_missed_outcomes(pair:
             missed = await again.outcomes(2)
             assert [(o["utterance_index"], o["text_translated"]) for o in missed] == [(1, "t1"), (2, "t2")]
             await again.expect_nothing(0.3, types={"translation_result"})  # index 0 is not sent twice
+            # A resumed client sends again what it had no outcome for; what came before the resume is not redone.
+            await again.utterance(2, pcm16(100))
+            await again.expect_nothing(0.3, types={"error", "translation_result"})
+            await node.expect_nothing(0.2, types={"job_assign"})
             # Numbering goes on, and the session keeps its first language settings.
             await again.utterance(3, pcm16(100))
             job = await node.next_job()

@@ -113,6 +113,7 @@ class SessionActor:
         self._head_since = _mono_ms()
         self._held: dict[int, tuple[p.Utterance, float]] = {}  # utterance messages waiting for lower indices
         self._held_since: float | None = None
+        self._resumed_below = 0  # utterance indexes a resumed session had taken before it was resumed
         self._group: _Group | None = None
         self._closing_until: float | None = None
         self._closed = False
@@ -127,6 +128,7 @@ class SessionActor:
         """Carry on a resumed session: its numbering, and a slot for every job past what it delivered."""
         self.delivered = snapshot.delivered
         self.next_index = max([snapshot.delivered, *(index for index, _, _ in snapshot.jobs)]) + 1
+        self._resumed_below = self.next_index
         now = _mono_ms()
         for index, job_id, record in snapshot.jobs:
             slot = Slot(index, job_id, True, record.get("pair", b"").decode(), self.trace_id, None)
@@ -262,6 +264,8 @@ class SessionActor:
 
     async def _on_utterance(self, msg: p.Utterance, received: float) -> None:
         i = msg.utterance_index
+        if i < self._resumed_below:
+            return  # a resumed client sends again what it had no outcome for: accepted before the resume
         if i < self.next_index or i in self._held:
             await self.send(p.encode(p.Error(code="INVALID_MESSAGE", message=f"utterance_index {i} already used")))
             return

@@ -279,6 +279,9 @@ class SessionClient:
         self._connected = asyncio.Event()
         self._events: asyncio.Queue[SessionEvent | _End | ClientError] = asyncio.Queue()
         self._delivered = _DeliveredSlots()
+        # Utterances without an outcome yet: re-sent after a resume, since one written just before a scheduler
+        # died may never have been read (the scheduler ignores re-sends of utterances it already holds).
+        self._unanswered: dict[int, Callable[[], p.Inbound]] = {}
         self._ended = False
         self._failure: ClientError | None = None
         self._state = "new"  # new -> open -> closing -> closed
@@ -435,6 +438,7 @@ class SessionClient:
                 pipeline=pipeline,
             )
 
+        self._unanswered[index] = build
         await self._send(build)
 
     async def _send(self, build: Callable[[], p.Inbound]) -> None:
@@ -508,6 +512,9 @@ class SessionClient:
             if self.asr_partials:
                 self._events.put_nowait(msg)
         elif isinstance(msg, p.TranslationResult | p.MissingResult):
+            # Outcomes come in index order: every utterance up to this one is answered.
+            for index in [i for i in self._unanswered if i <= msg.utterance_index]:
+                del self._unanswered[index]
             # After a resume that follows a scheduler crash, outcomes released just before it may come again
             # (ARCHITECTURE.md, "Delivery marks and crashes"): each slot's outcome is passed on once.
             if self._delivered.add(msg.session_id, msg.utterance_index):
@@ -557,10 +564,15 @@ class SessionClient:
             resumed = link.ack.session_id == previous and link.ack.resumed is not False
             if not resumed:
                 self._seq = 0
+                self._unanswered.clear()
             self._link = link
             self._events.put_nowait(
                 Reconnected(previous_session_id=previous, session_id=link.ack.session_id, resumed=resumed, url=link.url)
             )
+            if resumed:
+                for index in sorted(self._unanswered):
+                    with contextlib.suppress(ConnectionClosed):
+                        await link.ws.send(encode_message(self._unanswered[index]()))
             if self._state == "closing":  # close() was waiting for the ack: ask again on the new socket
                 with contextlib.suppress(ConnectionClosed):
                     await link.ws.send(
