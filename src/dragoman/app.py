@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +36,23 @@ def _error(code: str, message: str) -> bytes:
     return p.encode(p.Error(code=code, message=message))
 
 
+async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIterator[str | None]:
+    """The socket's text frames until it closes; None for a frame over the size limit (counted as bad).
+    Binary frames are ignored (F3)."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            continue
+        if _too_large(text, limit):
+            metrics.BAD_FRAMES.inc(socket)
+            yield None
+        else:
+            yield text
+
+
 def create_app(scheduler: Scheduler) -> Starlette:
     limit = scheduler.settings.max_message_bytes
 
@@ -43,16 +61,9 @@ def create_app(scheduler: Scheduler) -> Starlette:
         conn = Connection(websocket, "client")
         owned: list[SessionActor] = []
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    continue  # F3: binary frames are ignored
+            async for text in _text_frames(websocket, limit, "session"):
                 received = _mono_ms()
-                if _too_large(text, limit):
-                    metrics.BAD_FRAMES.inc("session")
+                if text is None:
                     conn.send_nowait(
                         _error("INVALID_MESSAGE", f"Invalid message format: message larger than {limit} bytes")
                     )
@@ -77,16 +88,9 @@ def create_app(scheduler: Scheduler) -> Starlette:
         conn = Connection(websocket, "node")
         link = NodeLink(scheduler, conn)
         try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
+            async for text in _text_frames(websocket, limit, "node"):
                 if text is None:
-                    continue
-                if _too_large(text, limit):
-                    metrics.BAD_FRAMES.inc("node")
-                    log.warning("node %s: frame of %d bytes ignored (limit %d)", link.node_id, len(text), limit)
+                    log.warning("node %s: frame over %d bytes ignored", link.node_id, limit)
                     continue
                 try:
                     await link.handle(text)

@@ -342,87 +342,96 @@ class SessionActor:
 
     async def _create_from_cut(self, cut: Cut, received: float) -> None:
         s = self.init
-        index = self._take_index()
-        job_id = p.new_job_id()
-        assign = p.JobAssign(
-            attempt_id=0,
-            job_id=job_id,
-            session_id=self.id,
-            utterance_index=index,
+        await self._create(
+            self._take_index(),
+            received,
             src_lang=s.src_lang,
             tgt_lang=s.tgt_lang,
+            trace=self.trace_id,
+            turn=cut.turn_id,
+            streaming=True,
+            client_ts=cut.client_timestamp_ms,
             pipeline=p.DEFAULT_PIPELINE,
             audio=base64.b64encode(cut.audio).decode(),
             audio_format="opus",
             sample_rate=16000,
-            trace_id=self.trace_id,
             dialect=s.dialect,
             features=s.features,
-            mode=s.mode,
-            lang_a=s.lang_a,
-            lang_b=s.lang_b,
-            auto_langs=s.auto_langs,
-            enable_streaming_asr=True,
-            partial_update_interval_ms=1000,
             padding_ms=PADDING_MS[cut.reason],
             is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
             is_timeout_triggered=cut.reason is CutReason.TIMEOUT,
             is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
-            turn_id=cut.turn_id,
         )
-        pair, pair2 = job_pairs(s.src_lang, s.tgt_lang, s.lang_a, s.lang_b)
-        slot = Slot(index, job_id, True, pair, self.trace_id, cut.client_timestamp_ms)
-        await self._create(slot, assign, pair2, s.tgt_lang, cut.turn_id, received)
         await self._dispatch_held(force=False)  # an utterance message may be waiting for this index
 
     async def _create_from_utterance(self, msg: p.Utterance, received: float) -> None:
+        self.next_index = max(self.next_index, msg.utterance_index + 1)
+        await self._create(
+            msg.utterance_index,
+            received,
+            src_lang=msg.src_lang,
+            tgt_lang=msg.tgt_lang,
+            trace=msg.trace_id or self.trace_id,
+            turn=p.new_uuid(),
+            streaming=False,
+            client_ts=None,
+            pipeline=msg.pipeline or p.DEFAULT_PIPELINE,
+            audio=msg.audio,
+            audio_format=msg.audio_format,
+            sample_rate=msg.sample_rate,
+            dialect=msg.dialect or self.init.dialect,
+            features=msg.features or self.init.features,
+            is_manual_cut=True,  # each utterance is a whole turn: without it the node would hold the audio (§11.2)
+        )
+
+    async def _create(
+        self,
+        index: int,
+        received: float,
+        *,
+        src_lang: str,
+        tgt_lang: str,
+        trace: str,
+        turn: str,
+        streaming: bool,
+        client_ts: int | None,
+        **fields: Any,
+    ) -> None:
+        """Create the job of one utterance slot (``fields``: the job_assign fields of its path, §11.2)."""
         s = self.init
-        index = msg.utterance_index
-        self.next_index = max(self.next_index, index + 1)
         job_id = p.new_job_id()
-        trace = msg.trace_id or self.trace_id
-        turn = p.new_uuid()
         assign = p.JobAssign(
             attempt_id=0,
             job_id=job_id,
             session_id=self.id,
             utterance_index=index,
-            src_lang=msg.src_lang,
-            tgt_lang=msg.tgt_lang,
-            pipeline=msg.pipeline or p.DEFAULT_PIPELINE,
-            audio=msg.audio,
-            audio_format=msg.audio_format,
-            sample_rate=msg.sample_rate,
+            src_lang=src_lang,
+            tgt_lang=tgt_lang,
             trace_id=trace,
-            dialect=msg.dialect or s.dialect,
-            features=msg.features or s.features,
+            turn_id=turn,
             mode=s.mode,
             lang_a=s.lang_a,
             lang_b=s.lang_b,
             auto_langs=s.auto_langs,
             enable_streaming_asr=True,
             partial_update_interval_ms=1000,
-            is_manual_cut=True,  # each utterance is a whole turn: without it the node would hold the audio (§11.2)
-            turn_id=turn,
+            **fields,
         )
-        pair, pair2 = job_pairs(msg.src_lang, msg.tgt_lang, s.lang_a, s.lang_b)
-        slot = Slot(index, job_id, False, pair, trace, None)
-        await self._create(slot, assign, pair2, msg.tgt_lang, turn, received)
-
-    async def _create(self, slot: Slot, assign: p.JobAssign, pair2: str, tgt: str, turn: str, received: float) -> None:
+        pair, pair2 = job_pairs(src_lang, tgt_lang, s.lang_a, s.lang_b)
+        slot = Slot(index, job_id, streaming, pair, trace, client_ts)
         if not self.slots:
             self._head_since = _mono_ms()
-        self.slots[slot.index] = slot
-        self._by_job[slot.job_id] = slot.index
+        self.slots[index] = slot
+        self._by_job[job_id] = index
         spec = JobSpec(
             session=self.id,
-            index=slot.index,
-            tgt=tgt,
-            job_id=slot.job_id,
-            pair=slot.pair,
+            index=index,
+            tgt=tgt_lang,
+            job_id=job_id,
+            pair=pair,
             pair2=pair2,
             turn=turn,
-            trace=slot.trace,
+            trace=trace,
             owner=self.scheduler.instance_id,
             body=p.assign_body(assign),
             result_ttl_ms=self.settings.session_result_ttl_ms,
