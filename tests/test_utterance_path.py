@@ -105,3 +105,16 @@ async def test_streaming_counter_moves_past_utterance_indexes(dragoman: StartDra
         jobs = [await node.next_job() for _ in range(3)]
         assert [j["utterance_index"] for j in jobs] == [0, 1, 2]
         assert jobs[2]["audio_format"] == "opus"
+
+
+async def test_held_utterances_are_bounded(dragoman: StartDragoman) -> None:
+    from dragoman.session import MAX_HELD_UTTERANCES
+
+    d = await dragoman()
+    async with LinguaNode(d.node_url, max_concurrent_jobs=1000) as node, LinguaWebClient(d.session_url) as client:
+        await node.start()
+        await client.init(two_way=False)
+        for i in range(1, MAX_HELD_UTTERANCES + 2):  # index 0 never comes
+            await client.utterance(i, pcm16(20))
+        jobs = await node.jobs_within(1.0)  # well before utterance_reorder_ms (5 s)
+        assert [j["utterance_index"] for j in jobs] == list(range(1, MAX_HELD_UTTERANCES + 2))

@@ -84,6 +84,8 @@ class _SocketClosed:
     pass
 
 
+MAX_HELD_UTTERANCES = 256  # out-of-order utterance messages held at once, waiting for lower indexes
+
 _WAKE = _Wake()
 _SOCKET_CLOSED = _SocketClosed()
 
@@ -278,6 +280,8 @@ class SessionActor:
                 p.encode(p.Error(code="INTERNAL_ERROR", message="Failed to process message: Audio decode failed"))
             )
             return
+        if len(self._held) >= MAX_HELD_UTTERANCES:  # bounded: a client far ahead waits no longer
+            await self._dispatch_held(force=True)
         self._held[i] = (msg, received)
         if self._held_since is None:
             self._held_since = _mono_ms()
