@@ -49,6 +49,13 @@ async def cluster_url() -> AsyncIterator[str]:
         yield cluster.url
 
 
+@pytest.fixture(params=["store_url", "cluster_url"], ids=["single", "cluster"])
+def any_store_url(request: pytest.FixtureRequest) -> str:
+    """The single server's URL, then the cluster's: each fixture is started only if a test asks for it."""
+    url: str = request.getfixturevalue(request.param)
+    return url
+
+
 @dataclass
 class Running:
     """One Dragoman instance serving on 127.0.0.1."""

@@ -15,10 +15,10 @@ from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 
 @pytest.fixture
-async def pair(store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+async def pair(any_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
     prefix = f"multi-{uuid.uuid4().hex[:8]}"
-    a = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
-    b = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    a = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50)
+    b = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50)
     yield a, b
     for instance in (a, b):
         await instance.stop()
@@ -72,9 +72,9 @@ async def test_both_instances_see_every_node(pair: tuple[Running, Running]) -> N
             assert cluster["online_instances"] == 2
 
 
-async def test_three_instances_session_node_and_api_each_on_another(store_url: str) -> None:
+async def test_three_instances_session_node_and_api_each_on_another(any_store_url: str) -> None:
     prefix = f"three-{uuid.uuid4().hex[:8]}"
-    a, b, c = [await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50) for _ in range(3)]
+    a, b, c = [await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50) for _ in range(3)]
     try:
         body = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(100)).decode()}
         async with (

@@ -18,10 +18,10 @@ from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 
 @pytest.fixture
-async def pair(store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+async def pair(any_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
     prefix = f"resume-{uuid.uuid4().hex[:8]}"
-    a = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
-    b = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    a = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50)
+    b = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50)
     yield a, b
     for instance in (a, b):
         await instance.stop()
@@ -108,7 +108,8 @@ async def wait_healthy(port: int) -> None:
     raise AssertionError(f"instance on port {port} never became healthy")
 
 
-async def test_instance_killed_under_load_loses_nothing(store_url: str) -> None:
+async def test_instance_killed_under_load_loses_nothing(any_store_url: str) -> None:
+    store_url = any_store_url
     prefix = f"kill-{uuid.uuid4().hex[:8]}"
     port_a, port_b = free_port(), free_port()
     a, b = serve(store_url, prefix, port_a), serve(store_url, prefix, port_b)

@@ -14,13 +14,6 @@ from dragoman.config import Settings
 from dragoman.store import Assign, Cancel, JobSpec, Outcome, Store
 
 
-@pytest.fixture(params=["store_url", "cluster_url"], ids=["single", "cluster"])
-def any_store_url(request: pytest.FixtureRequest) -> str:
-    """The single server's URL, then the cluster's: each fixture is started only if a test asks for it."""
-    url: str = request.getfixturevalue(request.param)
-    return url
-
-
 @pytest.fixture
 async def store(any_store_url: str) -> AsyncIterator[Store]:
     s = Store(Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", pending_timeout_ms=100_000), any_store_url)
