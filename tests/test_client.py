@@ -40,10 +40,10 @@ from dragoman.client import (
     plan_a,
     plan_a_chunks,
 )
-from dragoman.client.audio import SAMPLE_RATE
-from dragoman.client.opus import CHUNK_PACKETS, PACKET_SAMPLES, packet_duration_ms
 from dragoman.client.output import JsonReporter
 from dragoman.client.translate import TranslateOptions, translate
+from dragoman.opus import CHUNK_PACKETS, PACKET_SAMPLES, packet_duration_ms
+from dragoman.pcm import SAMPLE_RATE
 
 from conftest import StartDragoman, free_port
 from peers import LinguaNode

@@ -25,9 +25,11 @@ from starlette.routing import Route
 
 from dragoman import protocol as p
 from dragoman.agent import AgentConfig, EngineConfig, EngineError, NodeAgent
-from dragoman.agent import audio as node_audio
 from dragoman.agent.engines import EngineUnavailable
 from dragoman.agent.http_engine import HttpEngine
+from dragoman.audio import plan_a_stats
+from dragoman.opus import opus_available
+from dragoman.pcm import AudioError, decode_wav, make_wav, resample_pcm16
 from dragoman.server import UvicornServer
 from test_agent import FakeScheduler, job
 
@@ -103,7 +105,7 @@ def services_app(script: Script) -> Starlette:
         await asyncio.sleep(script.tts_delay)
         if script.tts_status != 200:
             return Response("tts broke", status_code=script.tts_status)
-        wav = node_audio.make_wav(tone(script.tts_rate, script.tts_seconds), script.tts_rate)
+        wav = make_wav(tone(script.tts_rate, script.tts_seconds), script.tts_rate)
         return Response(wav, media_type="audio/wav")
 
     async def voices(request: Request) -> Response:
@@ -374,7 +376,7 @@ async def test_languages_without_a_voice_get_text_only(services: Services, engin
     assert services.script.requests["tts"][-1]["voice"] == "en_GB-alan-low"  # configured voices win
 
 
-@pytest.mark.skipif(not node_audio.opus_available(), reason="PyAV (av), the Opus codec, is not installed")
+@pytest.mark.skipif(not opus_available(), reason="PyAV (av), the Opus codec, is not installed")
 async def test_opus_output_is_plan_a_at_16_khz(services: Services, engine_for: MakeEngine) -> None:
     import av
 
@@ -382,8 +384,8 @@ async def test_opus_output_is_plan_a_at_16_khz(services: Services, engine_for: M
     result = await engine.run(job(0), Partials())
     assert result.tts_format == "opus"
     data = base64.b64decode(result.tts_audio)
-    info = node_audio.plan_a_info(data)
-    assert info.packets == 50 and info.duration_ms == 1000  # 16000 samples / 320 per 20 ms packet
+    stats = plan_a_stats(data, silence_packet_max_bytes=10)
+    assert stats.packets == 50 and stats.duration_ms == 1000  # 16000 samples / 320 per 20 ms packet
     decoder = av.CodecContext.create("libopus", "r")
     decoder.sample_rate = 48000  # FFmpeg's Opus decoder always outputs 48 kHz
     decoder.layout = "mono"
@@ -469,21 +471,25 @@ async def test_utterance_through_dragoman_and_the_http_engine(services: Services
 
 
 def test_tts_wav_is_resampled_to_16_khz() -> None:
-    wav = node_audio.make_wav(tone(22050, 1.0), 22050)
-    out = array.array("h", node_audio.wav_to_pcm16(wav))
+    wav = make_wav(tone(22050, 1.0), 22050)
+    out = array.array("h", decode_wav(wav).pcm)
     assert len(out) == 16000
-    expected = [int(12000 * math.sin(2 * math.pi * 440 * i / 16000)) for i in range(16000)]
-    assert max(abs(a - b) for a, b in zip(out, expected, strict=True)) < 200  # linear interpolation error
+    # Downsampling averages the input over each output sample's span (22050/16000 input samples), so output j
+    # is the tone at the middle of that span, (j + 0.5) / 16000 s less half an input sample.
+    expected = [12000 * math.sin(2 * math.pi * 440 * ((j + 0.5) / 16000 - 0.5 / 22050)) for j in range(16000)]
+    assert max(abs(a - b) for a, b in zip(out, expected, strict=True)) < 200  # the box filter's error
 
-    assert len(node_audio.wav_to_pcm16(node_audio.make_wav(tone(22050, 0.5), 22050))) // 2 == 8000
-    assert len(node_audio.resample_pcm16(tone(8000, 0.25), 8000)) // 2 == 4000
-    assert len(node_audio.resample_pcm16(tone(24000, 0.1), 24000)) // 2 == 1600
+    assert len(decode_wav(make_wav(tone(22050, 0.5), 22050)).pcm) // 2 == 8000
+    assert len(resample_pcm16(tone(8000, 0.25), 8000)) // 2 == 4000
+    assert len(resample_pcm16(tone(24000, 0.1), 24000)) // 2 == 1600
     same = tone(16000, 0.1)
-    assert node_audio.resample_pcm16(same, 16000) == same
-    ramp = array.array("h", [0, 300, 600, 900]).tobytes()
-    assert array.array("h", node_audio.resample_pcm16(ramp, 8000)).tolist() == [0, 150, 300, 450, 600, 750, 900, 900]
+    assert resample_pcm16(same, 16000) == same
+    ramp = array.array("h", [0, 300, 600, 900]).tobytes()  # upsampling interpolates linearly, keeping the last
+    assert array.array("h", resample_pcm16(ramp, 8000)).tolist() == [0, 150, 300, 450, 600, 750, 900, 900]
+    ramp = array.array("h", [0, 100, 200, 300, 400, 500]).tobytes()  # halving the rate averages pairs
+    assert array.array("h", resample_pcm16(ramp, 32000)).tolist() == [50, 250, 450]
 
-    stereo = node_audio.make_wav(array.array("h", [100, 300] * 160).tobytes(), 16000, channels=2)
-    assert set(array.array("h", node_audio.wav_to_pcm16(stereo))) == {200}
-    with pytest.raises(node_audio.AudioError):
-        node_audio.wav_to_pcm16(b"RIFF....not a wav")
+    stereo = make_wav(array.array("h", [100, 300] * 160).tobytes(), 16000, channels=2)
+    assert set(array.array("h", decode_wav(stereo).pcm)) == {200}
+    with pytest.raises(AudioError, match="unreadable WAV file"):
+        decode_wav(b"RIFF....not a wav")

@@ -5,6 +5,7 @@ Dragoman passes audio bytes through untouched; it only counts Plan A packets to 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 PACKET_MS = 20  # Plan A: 16 kHz mono, 20 ms per Opus packet
@@ -25,20 +26,27 @@ class PlanAStats:
         return self.voiced_packets * PACKET_MS
 
 
-def plan_a_stats(data: bytes, silence_packet_max_bytes: int) -> PlanAStats:
-    """Count the records of a Plan A buffer (u16 little-endian length + packet). A truncated tail
-    record is not counted; records of length 0 or over 4096 bytes carry no audio (the node skips them)."""
-    packets = voiced = 0
+def plan_a_packets(data: bytes) -> Iterator[bytes]:
+    """The packets of a Plan A buffer (u16 little-endian length + packet), read as lingua's node reads them:
+    records of length 0 or over 4096 bytes carry no audio and are skipped; a truncated last record is ignored."""
     pos, end = 0, len(data)
     while pos + 2 <= end:
         length = data[pos] | (data[pos + 1] << 8)
-        pos += 2 + length
-        if pos > end:
-            break
+        pos += 2
+        if pos + length > end:
+            return
         if 0 < length <= MAX_PACKET_BYTES:
-            packets += 1
-            if length > silence_packet_max_bytes:
-                voiced += 1
+            yield data[pos : pos + length]
+        pos += length
+
+
+def plan_a_stats(data: bytes, silence_packet_max_bytes: int) -> PlanAStats:
+    """Count the packets of a Plan A buffer, and those longer than the silence limit (voiced)."""
+    packets = voiced = 0
+    for packet in plan_a_packets(data):
+        packets += 1
+        if len(packet) > silence_packet_max_bytes:
+            voiced += 1
     return PlanAStats(packets, voiced)
 
 

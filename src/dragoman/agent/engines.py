@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Final
 
-from dragoman.agent import audio
+from dragoman import pcm
+from dragoman.audio import pcm16_duration_ms, plan_a_stats
 from dragoman.protocol import JobAssign
 
 log = logging.getLogger(__name__)
@@ -245,9 +246,9 @@ class EchoEngine(Engine):
     def describe(job: JobAssign, data: bytes) -> str:
         """The deterministic ``text_asr`` for ``data`` (exposed so tests can compute the expected text)."""
         if job.audio_format == "opus":
-            info = audio.plan_a_info(data)
-            return f"echo: {info.packets} packets, {info.duration_ms} ms, opus"
-        return f"echo: {len(data)} bytes, {audio.pcm16_duration_ms(len(data), job.sample_rate)} ms, pcm16"
+            stats = plan_a_stats(data, silence_packet_max_bytes=10)  # the voiced count is not used
+            return f"echo: {stats.packets} packets, {stats.duration_ms} ms, opus"
+        return f"echo: {len(data)} bytes, {pcm16_duration_ms(len(data), job.sample_rate)} ms, pcm16"
 
     async def run(self, job: JobAssign, partial: PartialSink) -> EngineResult:
         draw = self._random.random()  # drawn first, in arrival order, so outcomes do not depend on timing
@@ -265,8 +266,8 @@ class EchoEngine(Engine):
             return EngineResult.empty("ASR_EMPTY")
         tts_audio = ""
         if job.pipeline.use_tts:
-            if job.audio_format == "pcm16" and job.sample_rate != audio.TARGET_RATE:
-                data = await asyncio.to_thread(audio.resample_pcm16, data, job.sample_rate)
+            if job.audio_format == "pcm16" and job.sample_rate != pcm.SAMPLE_RATE:
+                data = await asyncio.to_thread(pcm.resample_pcm16, data, job.sample_rate)
             tts_audio = base64.b64encode(data).decode("ascii")
         return EngineResult(
             text_asr=text,

@@ -40,7 +40,6 @@ from typing import Any, Final, NoReturn
 
 import httpx
 
-from dragoman.agent import audio
 from dragoman.agent.engines import (
     MODEL_NOT_AVAILABLE,
     NMT_TIMEOUT,
@@ -54,6 +53,8 @@ from dragoman.agent.engines import (
     PartialSink,
 )
 from dragoman.langs import normalize
+from dragoman.opus import encode_plan_a, opus_available, plan_a
+from dragoman.pcm import AudioError, decode_wav
 from dragoman.protocol import JobAssign
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class HttpEngine(Engine):
             raise ValueError("the http engine needs --asr-url and --nmt-url")
         if config.tts_format not in TTS_FORMATS:
             raise ValueError(f"--tts-format must be one of {', '.join(TTS_FORMATS)}, got {config.tts_format!r}")
-        if config.tts_format == "opus" and not audio.opus_available():
+        if config.tts_format == "opus" and not opus_available():
             raise ValueError("--tts-format opus needs PyAV (libopus): pip install av")
         self.config = config
         ids = {kind: config.options.get(f"{kind}_service_id", default) for kind, default in DEFAULT_SERVICE_IDS.items()}
@@ -326,12 +327,10 @@ class HttpEngine(Engine):
             "tts", "/tts", {"text": text, "voice": voice, "language": lang}, self.config.tts_timeout_s, timings
         )
         try:
-            pcm = await asyncio.to_thread(audio.wav_to_pcm16, resp.content)
+            data = (await asyncio.to_thread(decode_wav, resp.content, "TTS answer")).pcm  # 16 kHz mono s16le
             if self.config.tts_format == "opus":
-                data = await asyncio.to_thread(audio.encode_plan_a, pcm)
-            else:
-                data = pcm
-        except audio.AudioError as exc:
+                data = plan_a(await asyncio.to_thread(encode_plan_a, data))
+        except AudioError as exc:
             extra["tts_error"] = str(exc)
             log.warning("TTS audio unusable: %s", exc)
             return ""

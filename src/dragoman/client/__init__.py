@@ -1,6 +1,6 @@
 """Dragoman's client library: a session client for ``/ws/session``, a client for the HTTP job API, and the
-audio tools they need (WAV reading, Plan A Opus). The ``translate`` and ``status`` commands are in
-``dragoman.client.cli``.
+audio tools they need (WAV reading, Plan A Opus: ``dragoman.pcm`` and ``dragoman.opus``, shared with the node
+agent). The ``translate`` and ``status`` commands are in ``dragoman.client.cli``.
 
 The names below are imported on first use, so that ``dragoman serve`` (whose CLI registers the client
 commands) does not load websockets, httpx or PyAV; the codec (PyAV) is only loaded when Opus is used.
@@ -12,12 +12,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dragoman.client.audio import (
-        SAMPLE_RATE,
-        Audio,
-        load_audio,
-        write_wav,
-    )
     from dragoman.client.errors import (
         ApiError,
         AudioError,
@@ -34,15 +28,6 @@ if TYPE_CHECKING:
         JobCreated,
         JobsClient,
     )
-    from dragoman.client.opus import (
-        OpusDecoder,
-        OpusEncoder,
-        decode_plan_a,
-        encode_plan_a,
-        parse_plan_a,
-        plan_a,
-        plan_a_chunks,
-    )
     from dragoman.client.session import (
         Backoff,
         Reconnected,
@@ -54,12 +39,27 @@ if TYPE_CHECKING:
         OutcomeTracker,
         TrackedOutcome,
     )
+    from dragoman.opus import (
+        OpusDecoder,
+        OpusEncoder,
+        decode_plan_a,
+        encode_plan_a,
+        parse_plan_a,
+        plan_a,
+        plan_a_chunks,
+    )
+    from dragoman.pcm import (
+        SAMPLE_RATE,
+        Audio,
+        load_audio,
+        write_wav,
+    )
 
 _EXPORTS = {
-    "SAMPLE_RATE": "dragoman.client.audio",
-    "Audio": "dragoman.client.audio",
-    "load_audio": "dragoman.client.audio",
-    "write_wav": "dragoman.client.audio",
+    "SAMPLE_RATE": "dragoman.pcm",
+    "Audio": "dragoman.pcm",
+    "load_audio": "dragoman.pcm",
+    "write_wav": "dragoman.pcm",
     "ApiError": "dragoman.client.errors",
     "AudioError": "dragoman.client.errors",
     "ClientError": "dragoman.client.errors",
@@ -72,13 +72,13 @@ _EXPORTS = {
     "Job": "dragoman.client.http",
     "JobCreated": "dragoman.client.http",
     "JobsClient": "dragoman.client.http",
-    "OpusDecoder": "dragoman.client.opus",
-    "OpusEncoder": "dragoman.client.opus",
-    "decode_plan_a": "dragoman.client.opus",
-    "encode_plan_a": "dragoman.client.opus",
-    "parse_plan_a": "dragoman.client.opus",
-    "plan_a": "dragoman.client.opus",
-    "plan_a_chunks": "dragoman.client.opus",
+    "OpusDecoder": "dragoman.opus",
+    "OpusEncoder": "dragoman.opus",
+    "decode_plan_a": "dragoman.opus",
+    "encode_plan_a": "dragoman.opus",
+    "parse_plan_a": "dragoman.opus",
+    "plan_a": "dragoman.opus",
+    "plan_a_chunks": "dragoman.opus",
     "Backoff": "dragoman.client.session",
     "Reconnected": "dragoman.client.session",
     "SessionClient": "dragoman.client.session",

@@ -18,10 +18,10 @@ from typing import Any, Protocol, TextIO
 import msgspec
 
 from dragoman import protocol as p
-from dragoman.client.audio import write_wav
 from dragoman.client.errors import AudioError
-from dragoman.client.opus import decode_plan_a, opus_available
 from dragoman.client.tracker import TrackedOutcome
+from dragoman.opus import decode_plan_a, opus_available
+from dragoman.pcm import write_wav
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Literal
 
 from dragoman import protocol as p
-from dragoman.client.audio import SAMPLE_RATE, Audio, load_audio
 from dragoman.client.errors import ClientError
-from dragoman.client.opus import CHUNK_PACKETS, PACKET_MS, OpusEncoder, plan_a_chunks
 from dragoman.client.output import Reporter, SavedAudio, Summary, TtsWriter
 from dragoman.client.session import Reconnected, SessionClient, SessionConfig
 from dragoman.client.tracker import OutcomeTracker
+from dragoman.opus import CHUNK_PACKETS, PACKET_MS, OpusEncoder, plan_a_chunks
+from dragoman.pcm import SAMPLE_RATE, Audio, load_audio
 
 CHUNK_S = CHUNK_PACKETS * PACKET_MS / 1000  # 0.26 s of audio per audio_chunk
 DEFAULT_UTTERANCE_S = 10.0  # pcm16: the longest utterance sent (the scheduler's max_duration_ms, §10.3)

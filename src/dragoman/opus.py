@@ -3,7 +3,9 @@ VOIP, each packet framed as a u16 little-endian length followed by its bytes, no
 
 The codec is libopus as bundled in the wheels of PyAV (the ``av`` package): of the libopus bindings on PyPI
 it is the maintained one that installs with pip alone (no system ``libopus0``), on Linux, macOS and Windows.
-It is imported lazily, so the rest of the client (pcm16 utterances, the HTTP API) works without it.
+It is imported lazily, so what does not use Opus (the client's pcm16 utterances and HTTP API, a node sending
+``pcm16`` speech) works without it. The client encodes the speech it streams and decodes the speech it gets
+back; the node agent encodes its TTS output (``--tts-format opus``) with the same encoder.
 
 Two differences from calling libopus directly, both handled here:
 - FFmpeg always sets a bitrate, so the encoder gets libopus's own automatic value for 16 kHz mono 20 ms
@@ -18,8 +20,9 @@ import fractions
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from dragoman.client.audio import SAMPLE_RATE, Converter
+from dragoman.audio import plan_a_packets
 from dragoman.client.errors import AudioError, CodecUnavailableError
+from dragoman.pcm import SAMPLE_RATE, Converter
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -30,7 +33,6 @@ PACKET_MS = 20
 #: Packets in one ``audio_chunk`` of lingua's web client (260 ms, §4.4).
 CHUNK_PACKETS = 13
 #: lingua's Electron node skips records longer than this (§4.1).
-MAX_PACKET_BYTES = 4096
 #: libopus's automatic bitrate for 16 kHz mono 20 ms packets: 60 * 16000 / 320 + 16000.
 DEFAULT_BITRATE = 19000
 
@@ -145,19 +147,8 @@ def plan_a(packets: Iterable[bytes]) -> bytes:
 
 
 def parse_plan_a(data: bytes) -> list[bytes]:
-    """The packets of a Plan A buffer, read as lingua's node reads it: records of length 0 or over 4096 bytes
-    are skipped, and a truncated last record is ignored."""
-    packets: list[bytes] = []
-    pos, end = 0, len(data)
-    while pos + 2 <= end:
-        length = int.from_bytes(data[pos : pos + 2], "little")
-        pos += 2
-        if pos + length > end:
-            break
-        if 0 < length <= MAX_PACKET_BYTES:
-            packets.append(data[pos : pos + length])
-        pos += length
-    return packets
+    """The packets of a Plan A buffer, as lingua's node reads them (``dragoman.audio.plan_a_packets``)."""
+    return list(plan_a_packets(data))
 
 
 def encode_plan_a(pcm: bytes) -> list[bytes]:

@@ -1,17 +1,25 @@
-"""Reading speech files into the one shape lingua's nodes take: raw s16le, 16 kHz, mono (PROTOCOL.md §4.2).
+"""Speech in the one shape lingua's nodes take: raw s16le, 16 kHz, mono (PROTOCOL.md §4.2).
 
-Every lingua component works at 16 kHz mono, and Plan A Opus is encoded from that too, so a file is converted
-once, on load: WAV files of any sample rate and channel count (8/16/24/32-bit integer PCM) are downmixed by
-averaging the channels and resampled; ``.pcm``/``.raw`` files are taken to be in that shape already.
+Every lingua component works at 16 kHz mono, and Plan A Opus is encoded from that too, so audio is converted
+once, on arrival: WAV of any sample rate and channel count (8/16/24/32-bit integer PCM) is downmixed by
+averaging the channels and resampled; ``.pcm``/``.raw`` files are taken to be in that shape already. The client
+converts the files it sends; the node agent converts what its TTS service answers (a WAV at the voice's own
+rate, e.g. Piper's 22050 Hz, which a 16 kHz consumer would otherwise play 27 % slow) and the ``pcm16`` jobs
+the echo engine plays back. One converter serves both, so they resample the same way.
 
 Pure Python on purpose (``wave`` + ``array``, no numpy): the client must install anywhere the scheduler does,
-and the pcm16 path must work without a codec. Files are converted block by block, so memory stays at the
-size of the result (2 bytes per output sample) whatever the input length.
+and the pcm16 path must work without a codec. Audio is converted block by block, so memory stays at the
+size of the result (2 bytes per output sample) whatever the input length; it is CPU work, so async callers
+run it in a worker thread.
+
+Errors are the client library's ``AudioError`` (a ``ClientError``, as the client promises its callers); the
+node catches the same class.
 """
 
 from __future__ import annotations
 
 import array
+import io
 import math
 import struct
 import sys
@@ -22,6 +30,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from dragoman.client.errors import AudioError
+
+__all__ = [
+    "RAW_SUFFIXES",
+    "SAMPLE_RATE",
+    "Audio",
+    "AudioError",
+    "Converter",
+    "decode_wav",
+    "load_audio",
+    "make_wav",
+    "resample_pcm16",
+    "write_wav",
+]
 
 #: The sample rate of everything on lingua's wire.
 SAMPLE_RATE = 16000
@@ -68,7 +89,7 @@ def load_audio(path: str | Path) -> Audio:
             head = f.read(12)
             f.seek(0)
             if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-                audio = _read_wav(f, path)
+                audio = _read_wav(f, str(path))
             elif path.suffix.lower() in RAW_SUFFIXES:
                 audio = _read_raw(f)
             else:
@@ -92,17 +113,25 @@ def _read_raw(f: BinaryIO) -> Audio:
     return Audio(data[: len(data) - len(data) % 2], "raw s16le 16000 Hz mono")  # a trailing odd byte is dropped
 
 
-def _read_wav(f: BinaryIO, path: Path) -> Audio:
+def decode_wav(data: bytes, name: str = "WAV data") -> Audio:
+    """Convert WAV bytes (e.g. a TTS service's answer) to 16 kHz mono s16le, as ``load_audio`` converts a file.
+
+    Raises ``AudioError`` (its message starts with ``name``) for bytes that are not a readable integer-PCM WAV;
+    a valid WAV without samples gives empty ``pcm``."""
+    return _read_wav(io.BytesIO(data), name)
+
+
+def _read_wav(f: BinaryIO, name: str) -> Audio:
     try:
         reader = _WaveReader(f)
     except _WAVE_ERRORS as exc:
-        raise AudioError(f"{path}: unreadable WAV file ({str(exc) or 'malformed or truncated header'})") from None
+        raise AudioError(f"{name}: unreadable WAV file ({str(exc) or 'malformed or truncated header'})") from None
     try:
         channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
         if width not in (1, 2, 3, 4):
-            raise AudioError(f"{path}: unsupported WAV sample width of {8 * width} bits (8, 16, 24 or 32 only)")
+            raise AudioError(f"{name}: unsupported WAV sample width of {8 * width} bits (8, 16, 24 or 32 only)")
         if rate <= 0:
-            raise AudioError(f"{path}: invalid WAV sample rate {rate}")
+            raise AudioError(f"{name}: invalid WAV sample rate {rate}")
         source = f"WAV {rate} Hz, {channels} channel{'s' if channels > 1 else ''}, {8 * width}-bit"
         converter = Converter(rate, channels, width)
         out = array.array("h")
@@ -113,13 +142,26 @@ def _read_wav(f: BinaryIO, path: Path) -> Audio:
                     break
                 out.extend(converter.feed(block))
         except _WAVE_ERRORS as exc:
-            raise AudioError(f"{path}: unreadable WAV data ({str(exc) or 'malformed or truncated data'})") from None
+            raise AudioError(f"{name}: unreadable WAV data ({str(exc) or 'malformed or truncated data'})") from None
         out.extend(converter.finish())
     finally:
         reader.close()
+    return Audio(_s16le(out), source)
+
+
+def resample_pcm16(pcm: bytes, rate: int, out_rate: int = SAMPLE_RATE) -> bytes:
+    """Resample raw s16le mono from ``rate`` to ``out_rate`` with :class:`Converter` (a trailing odd byte is
+    dropped). Raises ``ValueError`` for a rate below 1."""
+    converter = Converter(rate, 1, 2, out_rate)
+    out = converter.feed(pcm)
+    out.extend(converter.finish())
+    return _s16le(out)
+
+
+def _s16le(samples: array.array[int]) -> bytes:
     if _BIG_ENDIAN:
-        out.byteswap()
-    return Audio(out.tobytes(), source)
+        samples.byteswap()
+    return samples.tobytes()
 
 
 class _WaveReader(wave.Wave_read):
@@ -274,10 +316,18 @@ class Converter:
             self._base += drop
 
 
-def write_wav(path: str | Path, pcm: bytes, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write raw s16le mono samples as a 16-bit PCM WAV file."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+def make_wav(pcm: bytes, sample_rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
+    """A 16-bit PCM WAV of raw s16le samples (interleaved if ``channels`` > 1; an incomplete last frame is
+    dropped): what a TTS service answers, and what ``write_wav`` stores."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
-        w.writeframes(pcm[: len(pcm) - len(pcm) % 2])
+        w.writeframes(pcm[: len(pcm) - len(pcm) % (2 * channels)])
+    return out.getvalue()
+
+
+def write_wav(path: str | Path, pcm: bytes, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write raw s16le mono samples as a 16-bit PCM WAV file."""
+    Path(path).write_bytes(make_wav(pcm, sample_rate))
