@@ -100,23 +100,21 @@ async def start_dragoman(store_url: str, prefix: str | None = None, **overrides:
     await store.open()
     scheduler = Scheduler(settings, store)
     await scheduler.start()
+    port, server, task = await serve_app(create_app(scheduler), ws_max_size=settings.max_message_bytes * 2)
+    return Running(port, scheduler, store, server, task)
+
+
+async def serve_app(app: Any, **config: Any) -> tuple[int, UvicornServer, asyncio.Task[None]]:
+    """Serve an ASGI app on a free loopback port; returns once it accepts connections."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(scheduler),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        ws_max_size=settings.max_message_bytes * 2,
-        timeout_graceful_shutdown=3,
-    )
-    server = UvicornServer(config)
+    options = {"log_level": "warning", "lifespan": "off", "timeout_graceful_shutdown": 3} | config
+    server = UvicornServer(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    return Running(port, scheduler, store, server, task)
+    return port, server, task
 
 
 @pytest.fixture

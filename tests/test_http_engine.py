@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,10 +29,9 @@ from dragoman.agent.http_engine import HttpEngine
 from dragoman.audio import plan_a_stats
 from dragoman.opus import opus_available
 from dragoman.pcm import AudioError, decode_wav, make_wav, resample_pcm16
-from dragoman.server import UvicornServer
 from test_agent import FakeScheduler, job
 
-from conftest import StartDragoman, free_port
+from conftest import StartDragoman, free_port, serve_app
 from peers import LinguaWebClient, pcm16
 
 # ----------------------------------------------------------------------------------------------------
@@ -146,21 +144,7 @@ class Services:
 @pytest.fixture
 async def services() -> AsyncIterator[Services]:
     script = Script()
-    port = free_port()
-    config = uvicorn.Config(
-        services_app(script),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
-    server = UvicornServer(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    port, server, task = await serve_app(services_app(script), timeout_graceful_shutdown=1)
     yield Services(script, f"http://127.0.0.1:{port}")
     server.should_exit = True
     await asyncio.wait_for(task, 5)
