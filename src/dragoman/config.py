@@ -48,7 +48,6 @@ class Settings:
     reconnect_grace_ms: int = 5000  # a re-registered node has this long to answer the attempts it held
     # Delivery (§12, §5.6)
     gap_timeout_ms: int = 30_000
-    same_node_grace_ms: int = 2000
     close_grace_ms: int = 5000
     group_window_ms: int = 2000
     # Store retention
