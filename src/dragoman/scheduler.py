@@ -2,7 +2,8 @@
 
 Shared state lives in the store; this object holds only what is local: the node sockets and session
 actors of this process, and HTTP long-poll waiters. Every store script returns *actions* (send this
-attempt, cancel that one, deliver an outcome, drop a node) and ``apply`` carries them out.
+attempt, cancel that one, deliver an outcome, drop a node) and ``apply`` carries them out: on a socket of this
+instance directly, else through the inbox of the instance that holds the socket.
 """
 
 from __future__ import annotations
