@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
 
 from dragoman import bench
 from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
-from dragoman.config import ConfigError, load_settings
+from dragoman.config import ConfigError, configure_logging, load_settings
 from dragoman.store.embedded import EmbeddedStoreError
 
 
@@ -60,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     from dragoman.server import serve
 
     try:

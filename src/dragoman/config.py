@@ -7,11 +7,20 @@ name (``DRAGOMAN_JOB_TIMEOUT_MS``); in the TOML file it is the name itself, at t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def configure_logging(level: str) -> None:
+    """One log format for every dragoman command, on stderr."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 class ConfigError(ValueError):

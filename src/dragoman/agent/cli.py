@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 from dragoman.agent.agent import DEFAULT_SCHEDULER, AgentConfig, NodeAgent
 from dragoman.agent.engines import EngineConfig, UnknownEngine, load_engine
+from dragoman.config import configure_logging
 
 
 class ConfigError(ValueError):
@@ -257,11 +257,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"dragoman node: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=options.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(options.log_level)
     try:
         engine = load_engine(options.engine, options.engine_config)
     except (UnknownEngine, ValueError) as exc:
