@@ -283,13 +283,19 @@ class _Spawned:
         if not self.store_url:
             raise OSError("the spawned scheduler did not start: " + "".join(output)[-1000:])
         self.peak_rss = {"scheduler": 0, "store": 0}
+        self.cpu_s = {"scheduler": 0.0, "store": 0.0}  # CPU seconds used, as of the last sample
+        self.cpu_percent: dict[str, float] = {}
 
     def sample(self) -> None:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(self.process.pid)
             self.peak_rss["scheduler"] = max(self.peak_rss["scheduler"], proc.memory_info().rss)
+            times = proc.cpu_times()
+            self.cpu_s["scheduler"] = times.user + times.system
             for child in proc.children():
                 self.peak_rss["store"] = max(self.peak_rss["store"], child.memory_info().rss)
+                times = child.cpu_times()
+                self.cpu_s["store"] = times.user + times.system
 
     def stop(self) -> None:
         self.process.terminate()
@@ -317,6 +323,10 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
     for _ in per:
         ready.get(timeout=30)
     before = await _commandstats(store_url)
+    if spawned is not None:
+        spawned.sample()
+        cpu_before = dict(spawned.cpu_s)
+        started = time.monotonic()
     client_workers = max(1, min(plan.sessions, (os.cpu_count() or 2) // 2 or 1))
     shares = [
         plan.sessions // client_workers + (1 if i < plan.sessions % client_workers else 0)
@@ -348,6 +358,10 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
         sessions.update(data)
         pending_clients -= 1
     after = await _commandstats(store_url)
+    if spawned is not None:  # the share of one core each used during the run
+        spawned.sample()
+        wall = time.monotonic() - started
+        spawned.cpu_percent = {k: round(100 * (spawned.cpu_s[k] - cpu_before[k]) / wall, 1) for k in cpu_before}
     stop.set()
     for _ in procs:
         _, data = out.get(timeout=60)
@@ -409,6 +423,7 @@ def _report(
         report["store_commands_per_utterance"] = round(sum(delta.values()) / sent, 1)
     if spawned is not None:
         report["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in spawned.peak_rss.items()}
+        report["cpu_percent_of_one_core"] = spawned.cpu_percent
     return report
 
 
