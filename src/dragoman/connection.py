@@ -54,9 +54,3 @@ class Connection:
         except Exception as exc:  # the peer went away: the reader sees the close and cleans up
             log.debug("%s: send failed: %s", self.name, exc)
             self.closed = True
-
-    async def drain(self) -> None:
-        """Wait until everything queued has been written (or the socket failed)."""
-        self.close()
-        with contextlib.suppress(Exception):
-            await self._writer
