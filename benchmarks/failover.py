@@ -215,11 +215,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await ws.close()
         await asyncio.sleep(1.0)
         store = redis.Redis.from_url(store_url)
-        inflight = {}
-        for key in await store.keys("dragoman:{sched}:node:*"):
-            if not key.endswith(b":jobs") and (value := await store.hget(key, "inflight")) is not None:
-                inflight[key.decode().rsplit(":", 1)[-1]] = int(value)
-        no_ttl = [k.decode() for k in await store.keys("dragoman:{sched}:job:*") if await store.pttl(k) == -1]
+        inflight = {}  # every node record's unresolved attempts (its job set), dead nodes included
+        for key in await store.keys("dragoman:{sched:*}:node:*"):
+            if not key.endswith(b":jobs"):
+                inflight[key.decode().rsplit(":", 1)[-1]] = int(await store.scard(key + b":jobs"))
+        no_ttl = [k.decode() for k in await store.keys("dragoman:{sched:*}:job:*") if await store.pttl(k) == -1]
         await store.aclose()
     finally:
         for proc, _ in nodes.values():

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.scheduler import Scheduler
-from dragoman.store import JobSpec
+from dragoman.store import JobRecord, JobSpec
 
 MAX_WAIT_S = 60.0
 AUDIO_FORMATS = ("opus", "pcm16")
@@ -171,12 +171,11 @@ def routes(scheduler: Scheduler) -> list[Route]:
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
             record = await store.get_job(job_id)
-            if not record:
+            if record is None:
                 return _problem(404, "not_found", f"no job {job_id}")
-            state = record["state"].decode()
             remaining = deadline - time.monotonic()
-            if state not in ("pending", "dispatched") or remaining <= 0:
-                return Response(msgspec.json.encode(_status(job_id, state, record)), media_type="application/json")
+            if record.resolved or remaining <= 0:
+                return Response(msgspec.json.encode(_status(record)), media_type="application/json")
             # Woken by this instance's outcome, or re-read each second for one resolved elsewhere.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(scheduler.wait_for(job_id), timeout=min(remaining, 1.0))
@@ -191,15 +190,16 @@ def routes(scheduler: Scheduler) -> list[Route]:
     ]
 
 
-def _status(job_id: str, state: str, record: dict[str, bytes]) -> JobStatus:
+def _status(record: JobRecord) -> JobStatus:
+    state = record.state
     status = JobStatus(
-        job_id=job_id,
+        job_id=record.job_id,
         status=state,
-        attempt=int(record.get("attempt", b"0")),
-        created_at_ms=int(record.get("created_ms", b"0")),
-        node_id=record.get("node", b"").decode() or None,
+        attempt=record.attempt,
+        created_at_ms=record.created_ms,
+        node_id=record.node or None,
     )
-    outcome = record.get("outcome", b"")
+    outcome = record.detail
     if state in ("completed", "empty"):
         r = msgspec.json.decode(outcome, type=p.JobResult)
         status.result = {
@@ -211,13 +211,13 @@ def _status(job_id: str, state: str, record: dict[str, bytes]) -> JobStatus:
         for name, value in (("extra", r.forwarded_extra()), ("service_timings", r.service_timings())):
             if value is not None:
                 status.result[name] = value
-    elif state == "failed" and outcome.startswith(b"{"):
+    elif state == "failed" and outcome.startswith("{"):
         error = msgspec.json.decode(outcome, type=p.JobResult).error
         status.error = msgspec.structs.asdict(error) if error else {"code": "PROCESSING_ERROR", "message": ""}
     elif state == "failed":
-        status.error = {"code": outcome.decode(), "message": "no node available for this language pair"}
+        status.error = {"code": outcome, "message": "no node available for this language pair"}
     elif state == "timed_out":
-        status.error = {"code": "JOB_TIMEOUT", "message": f"no result in time ({outcome.decode()})"}
+        status.error = {"code": "JOB_TIMEOUT", "message": f"no result in time ({outcome})"}
     return status
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
 from dragoman.scheduler import STORE_DOWN
-from dragoman.store import Partial
+from dragoman.store import Outcome, Partial
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Scheduler
@@ -71,13 +73,13 @@ class NodeLink:
             else:  # rare (lingua's node never streams partials): find the session's instance
                 owner = await self.scheduler.store.session_owner(msg.session_id)
                 if owner and owner != self.scheduler.instance_id:
-                    data = raw.encode() if isinstance(raw, str) else raw
+                    data = raw.decode() if isinstance(raw, bytes) else raw
                     await self.scheduler.store.post(owner, Partial(msg.session_id, data))
         elif isinstance(msg, p.JobAck | p.JobStarted):
             mark = "accepted" if isinstance(msg, p.JobAck) else "running"
             found = await self.scheduler.store.mark_job(msg.job_id, self.node_id, msg.attempt_id, mark)
-            if found is not None and isinstance(msg, p.JobAck):
-                await self.scheduler.notify(found[0], found[1], msg.job_id, "NODE_ACCEPTED")
+            if found.found and isinstance(msg, p.JobAck):
+                await self.scheduler.notify(found.session, found.owner, msg.job_id, "NODE_ACCEPTED")
 
     def _capacity(self, announced: int | None) -> int:
         if announced is not None and announced >= 1:
@@ -135,13 +137,13 @@ class NodeLink:
             }
         )
         capacity = self._capacity(msg.max_concurrent_jobs)
-        ok, actions = await self.scheduler.store.heartbeat_node(
+        reply = await self.scheduler.store.heartbeat_node(
             self.node_id, self.conn_token, pairs, capacity, load, drain=DRAIN_LIMIT
         )
-        if not ok:
+        if not reply.ok:
             log.warning("node %s: heartbeat on a socket that no longer holds the node; closing it", self.node_id)
             self.conn.close(1000)
-        await self.scheduler.apply(actions)
+        await self.scheduler.apply(reply.actions)
 
     async def _result(self, msg: p.JobResult, raw: str | bytes) -> None:
         assert self.node_id is not None
@@ -155,20 +157,29 @@ class NodeLink:
         else:
             kind = "failed"
         node_id = self.node_id
-        verdict, actions = await self.scheduler.durable(
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        # A retry after a lost reply is safe: the script answers the same result with the same outcome.
+        reply = await self.scheduler.durable(
             lambda: self.scheduler.store.complete_job(
-                msg.job_id, node_id, msg.attempt_id, kind, raw, block_ms, drain=DRAIN_LIMIT
+                msg.job_id, node_id, msg.attempt_id, kind, text, block_ms, drain=DRAIN_LIMIT
             )
         )
-        if verdict != "accepted":
-            metrics.STALE_RESULTS.inc(verdict)
+        if reply.verdict != "accepted":
+            metrics.STALE_RESULTS.inc(reply.verdict)
             log.info(
                 "node %s: %s result for %s (attempt %d) dropped",
                 self.node_id,
-                verdict,
+                reply.verdict,
                 msg.job_id,
                 msg.attempt_id,
             )
+        # The accepted outcome comes back without the result this socket just sent: put it in.
+        actions = [
+            msgspec.structs.replace(a, detail=text)
+            if isinstance(a, Outcome) and a.job_id == msg.job_id and a.detail is None
+            else a
+            for a in reply.actions
+        ]
         await self.scheduler.apply(actions)
 
     async def closed(self) -> None:
@@ -178,5 +189,7 @@ class NodeLink:
             return
         if self.scheduler.nodes.get(node_id) is self:
             del self.scheduler.nodes[node_id]
-        gone = await self.scheduler.durable(lambda: self.scheduler.store.node_gone(node_id, self.conn_token))
+        gone = await self.scheduler.durable(
+            lambda: self.scheduler.store.node_gone(node_id, self.conn_token, self.scheduler.instance_id)
+        )
         await self.scheduler.apply(gone)

@@ -16,10 +16,10 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, assert_never
 
 import msgspec
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError, TimeoutError
 
 from dragoman import __version__, metrics
 from dragoman import protocol as p
@@ -32,7 +32,6 @@ from dragoman.store import (
     Cancel,
     Created,
     DropNode,
-    InstanceGone,
     JobSpec,
     Notify,
     Outcome,
@@ -62,6 +61,7 @@ class Scheduler:
         self.nodes: dict[str, NodeLink] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.store_healthy = True
         self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
         metrics.SESSIONS.read = lambda: len(self.sessions)
@@ -71,7 +71,7 @@ class Scheduler:
 
     async def start(self) -> None:
         await self.store.open_inbox(self.instance_id)
-        await self._announce()
+        await self._announce(first=True)
         self._tasks = [
             asyncio.create_task(self._consume_inbox(), name="inbox"),
             asyncio.create_task(self._every(0.1, self._flush_delivered), name="delivered"),
@@ -83,6 +83,7 @@ class Scheduler:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True  # a store client may turn a cancellation into an error: the loops check this
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -96,7 +97,7 @@ class Scheduler:
             await self.store.leave(self.instance_id)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(seconds)
             try:
                 await job()
@@ -131,7 +132,7 @@ class Scheduler:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    async def _announce(self) -> None:
+    async def _announce(self, first: bool = False) -> None:
         description = json.dumps(
             {
                 "hostname": socket.gethostname(),
@@ -141,9 +142,26 @@ class Scheduler:
                 "sessions": len(self.sessions),
             }
         ).encode()
-        await self.store.announce(self.instance_id, description)
+        if not await self.store.announce(self.instance_id, description, first):
+            await self._rejoin()
         if self.sessions:
             await self.store.keep_sessions([(sid, actor.delivered) for sid, actor in self.sessions.items()])
+
+    async def _rejoin(self) -> None:
+        """Another instance took this one over (it was paused or cut off for longer than instance_ttl_ms):
+        the taker ended its nodes and deleted its inbox. Rejoin cleanly: the inbox again, and every node
+        socket closed so that its node registers afresh (its attempts have failed over). Sessions go on:
+        their records still name this instance, so their outcomes come back through the new inbox."""
+        log.warning(
+            "instance %s was taken over by another instance (paused or cut off from the store for longer than "
+            "%d ms); rejoining: inbox recreated, %d node socket(s) closed for their nodes to register again",
+            self.instance_id,
+            self.settings.instance_ttl_ms,
+            len(self.nodes),
+        )
+        await self.store.open_inbox(self.instance_id)
+        for link in list(self.nodes.values()):
+            link.conn.close(1012)
 
     async def _flush_delivered(self) -> None:
         """Record, for a resume, up to which index each session has delivered: batched for all sessions
@@ -161,10 +179,22 @@ class Scheduler:
 
     async def _tick(self) -> None:
         await self.apply(await self.store.tick())
+        for taken in await self.store.take_instances():
+            await self._take_over(taken.instance, taken.nodes)
+
+    async def _take_over(self, instance: str, nodes: list[str]) -> None:
+        """A dead instance, now this one's alone: end the nodes it held and carry out its inbox."""
+        log.warning("instance %s is gone; taking over its %d node(s) and its inbox", instance, len(nodes))
+        for node in nodes:
+            await self.apply(await self.store.node_gone(node, "*", instance))
+        for envelope in await self.store.take_inbox(instance):
+            await self.apply([envelope.message], forwarded=True, hops=envelope.hops)
 
     async def reconcile(self) -> None:
-        for node, counted, actual in await self.store.reconcile():
-            log.warning("node %s: in-flight count repaired from its jobs: %d -> %d", node, counted, actual)
+        for repair in await self.store.reconcile():
+            log.warning(
+                "node %s: in-flight count repaired from its jobs: %d -> %d", repair.node, repair.counted, repair.actual
+            )
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -181,8 +211,9 @@ class Scheduler:
         session_id = init.resume_session_id or ""
         token = p.new_uuid()
         try:
-            previous = await self.store.claim_session(session_id, "*", self.instance_id, token)
-            snapshot = await self.store.session_snapshot(session_id) if previous is not None else None
+            claim = await self.store.claim_session(session_id, "*", self.instance_id, token)
+            previous = claim.previous_owner
+            snapshot = await self.store.session_snapshot(session_id) if claim.claimed else None
         except STORE_DOWN as exc:
             self.store_failed(exc)
             snapshot = None
@@ -204,13 +235,19 @@ class Scheduler:
         created = await self.store.create_job(spec)
         if created.status == "created":
             metrics.JOBS_CREATED.inc()
-        await self.apply(created.actions)
+        frame = spec.body.decode()  # the store does not send back the job_assign it was just given
+        await self.apply(
+            [
+                a if not isinstance(a, Assign) or a.frame else msgspec.structs.replace(a, frame=frame)
+                for a in created.actions
+            ]
+        )
         return created
 
-    async def cancel_jobs(self, job_ids: list[str], reason: str) -> None:
+    async def cancel_jobs(self, jobs: list[tuple[str, int]], reason: str) -> None:
         """Best effort: if the store is unreachable, the jobs' own deadlines end them later."""
         try:
-            await self.apply(await self.store.cancel_jobs(job_ids, reason))
+            await self.apply(await self.store.cancel_jobs(jobs, reason))
         except STORE_DOWN as exc:
             self.store_failed(exc)
 
@@ -230,42 +267,45 @@ class Scheduler:
 
     # -- carrying out the store's actions -----------------------------------------------------------
 
-    async def apply(self, actions: list[Action] | list[Routed], forwarded: bool = False) -> None:
+    async def apply(self, actions: list[Action] | list[Routed], forwarded: bool = False, hops: int = 0) -> None:
         """Carry out actions on this instance's sockets; what belongs to a socket another instance holds is
-        posted to that instance's inbox (once: a ``forwarded`` action is never posted on again)."""
+        posted to that instance's inbox (once: a ``forwarded`` action is never posted on again, except an
+        outcome following its session to a new owner)."""
         for action in actions:
-            if isinstance(action, Assign):
-                await self._assign(action, forwarded)
-            elif isinstance(action, Outcome):
-                await self._deliver(action, forwarded)
-            elif isinstance(action, Cancel):
-                frame = p.encode(p.JobCancel(job_id=action.job_id, trace_id=action.trace or None, reason=action.reason))
-                if not self._to_node(action.node, frame):
-                    await self._post(action.instance, action, forwarded)
-            elif isinstance(action, DropNode):
-                link = self.nodes.get(action.node)
-                if link is not None:
-                    log.warning("node %s: no heartbeat within its liveness window; dropping it", action.node)
-                    link.conn.close(1001)
-                else:
-                    await self._post(action.instance, action, forwarded)
-            elif isinstance(action, Notify):
-                actor = self.sessions.get(action.session)
-                if actor is not None:
-                    actor.notify(action.job_id, action.event, action.error_code)
-            elif isinstance(action, Partial):
-                actor = self.sessions.get(action.session)
-                if actor is not None:
-                    actor.partial(p.decode_partial(action.raw))
-            elif isinstance(action, InstanceGone):
-                log.warning("instance %s is gone; taking over its inbox", action.instance)
-                await self.apply(await self.store.take_inbox(action.instance), forwarded=True)
+            match action:
+                case Assign():
+                    await self._assign(action, forwarded)
+                case Outcome():
+                    await self._deliver(action, forwarded, hops)
+                case Cancel():
+                    frame = p.encode(
+                        p.JobCancel(job_id=action.job_id, trace_id=action.trace or None, reason=action.reason)
+                    )
+                    if not self._to_node(action.node, frame):
+                        await self._post(action.instance, action, forwarded)
+                case DropNode():
+                    link = self.nodes.get(action.node)
+                    if link is not None:
+                        log.warning("node %s: no heartbeat within its liveness window; dropping it", action.node)
+                        link.conn.close(1001)
+                    else:
+                        await self._post(action.instance, action, forwarded)
+                case Notify():
+                    actor = self.sessions.get(action.session)
+                    if actor is not None:
+                        actor.notify(action.job_id, action.event, action.error_code)
+                case Partial():
+                    actor = self.sessions.get(action.session)
+                    if actor is not None:
+                        actor.partial(p.decode_partial(action.raw))
+                case _:
+                    assert_never(action)
 
-    async def _post(self, instance: str, message: Routed, forwarded: bool) -> bool:
+    async def _post(self, instance: str, message: Routed, forwarded: bool, hops: int = 0) -> bool:
         """Post to the instance that holds the socket; False if there is none to post to."""
         if forwarded or not instance or instance == self.instance_id:
             return False
-        await self.store.post(instance, message)
+        await self.store.post(instance, message, hops)
         return True
 
     def _to_node(self, node: str, frame: bytes) -> bool:
@@ -281,7 +321,8 @@ class Scheduler:
             await self._post(owner, Notify(session, job_id, event, error_code), forwarded=False)
 
     async def _assign(self, action: Assign, forwarded: bool) -> None:
-        if self._to_node(action.node, p.assign_frame(action.body, action.attempt)):
+        assert action.frame is not None, "every assign carries its job_assign by now"
+        if self._to_node(action.node, p.assign_frame(action.frame.encode(), action.attempt)):
             metrics.JOBS_DISPATCHED.inc()
             if action.attempt > 1:
                 metrics.FAILOVERS.inc()
@@ -295,27 +336,49 @@ class Scheduler:
         link = self.nodes.get(action.node)
         await self.apply(await self.store.node_gone(action.node, link.conn_token if link else "*"))
 
-    async def _deliver(self, outcome: Outcome, forwarded: bool) -> None:
+    async def _deliver(self, outcome: Outcome, forwarded: bool, hops: int) -> None:
         for future in list(self._waiters.get(outcome.job_id, ())):
             if not future.done():
                 future.set_result(None)
         actor = self.sessions.get(outcome.session)
         if actor is not None:
             actor.resolve(outcome)
-        elif not await self._post(outcome.owner, outcome, forwarded):
-            metrics.JOBS_RESOLVED.inc(outcome.state)  # nobody to deliver to: it stays in the store
+            return
+        if await self._post(outcome.owner, outcome, forwarded):
+            return
+        if outcome.owner and hops == 0:
+            # The job's creator no longer holds the session (resumed elsewhere, or a taken-over instance):
+            # follow the session record to its owner, once.
+            owner = await self.store.session_owner(outcome.session)
+            if owner and owner != self.instance_id:
+                await self.store.post(owner, outcome, hops + 1)
+                return
+        metrics.JOBS_RESOLVED.inc(outcome.state)  # nobody to deliver to: it stays in the store
 
     async def _consume_inbox(self) -> None:
-        """Carry out what other instances posted here; acknowledged once carried out."""
+        """Carry out what other instances posted here; acknowledged once carried out (an entry that cannot
+        be decoded is logged and acknowledged too). Nothing ends this loop but the instance stopping."""
         delay = 0.05
-        while True:
+        while not self._stopping:
             try:
                 entries = await self.store.read_inbox(self.instance_id, block_ms=1000)
+                for _, envelope in entries:
+                    if envelope is not None:
+                        await self.apply([envelope.message], forwarded=True, hops=envelope.hops)
                 if entries:
-                    await self.apply([message for _, message in entries], forwarded=True)
                     await self.store.ack_inbox(self.instance_id, [entry_id for entry_id, _ in entries])
                 delay = 0.05
+                continue
             except STORE_DOWN as exc:
                 self.store_failed(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the inbox was deleted (this instance was taken over)
+                    log.warning("instance %s: inbox gone (%s); recreating it", self.instance_id, exc)
+                    with contextlib.suppress(Exception):
+                        await self.store.open_inbox(self.instance_id)
+                else:
+                    log.warning("instance %s: inbox read failed: %s", self.instance_id, exc)
+            except Exception:
+                log.exception("instance %s: inbox entry failed; going on", self.instance_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

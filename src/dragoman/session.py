@@ -22,7 +22,7 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
-from dragoman.store import JobSpec, Outcome, SessionSnapshot, now_ms, outcome_of
+from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Connection, Scheduler
@@ -42,6 +42,7 @@ class Slot:
 
     index: int
     job_id: str
+    cell: int  # the store cell that holds the job (-1: none yet)
     streaming: bool
     pair: str
     trace: str
@@ -117,6 +118,8 @@ class SessionActor:
         self._held_since: float | None = None
         self._resumed_below = 0  # utterance indexes a resumed session had taken before it was resumed
         self._group: _Group | None = None
+        self._session_node: str | None = None  # the node of the session's last job (affinity)
+        self._turn_node: tuple[str, str] | None = None  # (turn id, node) of the last job's turn
         self._closing_until: float | None = None
         self._closed = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -133,12 +136,13 @@ class SessionActor:
         self._resumed_below = self.next_index
         now = _mono_ms()
         for index, job_id, record in snapshot.jobs:
-            slot = Slot(index, job_id, True, record.get("pair", b"").decode(), self.trace_id, None)
-            state = record.get("state", b"").decode()
-            if not record:  # its record expired: nothing to deliver but the gap
+            slot = Slot(
+                index, job_id, record.cell if record else -1, True, record.pair if record else "", self.trace_id, None
+            )
+            if record is None:  # its record expired (or was never placed): nothing to deliver but the gap
                 slot.frames, slot.resolved_at = [self._missing(slot, "gap_timeout")], now
-            elif state in ("completed", "empty", "failed", "timed_out"):
-                slot.outcome = outcome_of(job_id, self.id, index, state, record)
+            elif record.resolved:
+                slot.outcome = record.outcome()
                 slot.resolved_at = now
             self.slots[index] = slot
             self._by_job[job_id] = index
@@ -422,7 +426,7 @@ class SessionActor:
             **fields,
         )
         pair, pair2 = job_pairs(src_lang, tgt_lang, s.lang_a, s.lang_b)
-        slot = Slot(index, job_id, streaming, pair, trace, client_ts)
+        slot = Slot(index, job_id, -1, streaming, pair, trace, client_ts)
         if not self.slots:
             self._head_since = _mono_ms()
         self.slots[index] = slot
@@ -439,6 +443,7 @@ class SessionActor:
             owner=self.scheduler.instance_id,
             body=p.assign_body(assign),
             result_ttl_ms=self.settings.session_result_ttl_ms,
+            prefer=self._preferred_nodes(turn),
         )
         try:
             created = await self.scheduler.create_job(spec)
@@ -454,7 +459,22 @@ class SessionActor:
             del self._by_job[slot.job_id]
             slot.job_id = created.job_id
             self._by_job[slot.job_id] = slot.index
+        slot.cell = created.cell
+        node = assigned_node(created.actions, created.job_id)
+        if node is not None:
+            self._session_node = node
+            self._turn_node = (turn, node)
         metrics.DISPATCH_LATENCY.observe((_mono_ms() - received) / 1000)
+
+    def _preferred_nodes(self, turn: str) -> tuple[str, ...]:
+        """The nodes a new job should go to if they can take it: the turn's (the parts of one long
+        utterance go to one node: MUST), then the session's last one (SHOULD)."""
+        prefer = []
+        if self._turn_node is not None and self._turn_node[0] == turn:
+            prefer.append(self._turn_node[1])
+        if self._session_node is not None and self._session_node not in prefer:
+            prefer.append(self._session_node)
+        return tuple(prefer)
 
     async def _give_up(self, slots: list[Slot], reason: str) -> None:
         """Resolve slots as timed out on Dragoman's side (gap timeout, close grace) and cancel their jobs."""
@@ -464,7 +484,7 @@ class SessionActor:
             slot.outcome = None
             slot.frames = [self._missing(slot, "gap_timeout")]
             slot.resolved_at = _mono_ms()
-        await self.scheduler.cancel_jobs([s.job_id for s in slots], reason)
+        await self.scheduler.cancel_jobs([(s.job_id, s.cell) for s in slots], reason)
 
     # -- outcomes -------------------------------------------------------------------------------------
 
@@ -477,7 +497,7 @@ class SessionActor:
         slot.resolved_at = _mono_ms()
         elapsed = max(0, now_ms() - outcome.created_ms)
         if outcome.state == "completed":
-            result = _decode_result(outcome.detail)
+            result = _decode_result(outcome.detail or "")
             if result.text_asr:
                 self._send_nowait(self._ui(slot, "ASR_FINAL", elapsed_ms=elapsed))
             if result.text_translated:
@@ -557,18 +577,19 @@ class SessionActor:
     @staticmethod
     def _failure(outcome: Outcome) -> tuple[str, str, Any]:
         """(code, message, details) of a failed outcome: the node's error verbatim, or Dragoman's."""
-        if outcome.detail.startswith(b"{"):
-            error = _decode_result(outcome.detail).error
+        detail = outcome.detail or ""
+        if detail.startswith("{"):
+            error = _decode_result(detail).error
             if error is not None:
                 return error.code, error.message, error.details
             return "PROCESSING_ERROR", "the node reported a failure without an error", None
-        code = outcome.detail.decode()
+        code = detail
         if code == "NO_AVAILABLE_NODE":
             return code, "No available node for this language pair, please retry later", None
         return code, code, None
 
     def _translation_result(self, slot: Slot, outcome: Outcome) -> bytes:
-        r = _decode_result(outcome.detail)
+        r = _decode_result(outcome.detail or "")
         now = now_ms()
         group_id = part_index = None
         if r.text_asr:

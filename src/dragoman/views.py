@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dragoman.scheduler import Scheduler
+from dragoman.store import NodeRecord
 
 _SERVICE_TYPES = {"asr", "nmt", "tts", "tone", "semantic", "phonetic", "punctuation"}
 
@@ -33,15 +34,15 @@ def _json(raw: bytes | None) -> dict[str, Any]:
 class NodeView:
     """One node record of the store, with the figures the views need."""
 
-    def __init__(self, record: dict[str, bytes], liveness_ms: int, now_ms: int) -> None:
-        self.id = record["id"].decode()
-        self.instance = record.get("instance", b"").decode()
-        self.info = _json(record.get("info"))
-        self.load = _json(record.get("load"))
-        self.status = record.get("status", b"offline").decode()
-        self.capacity = int(record.get("cap", b"0"))
-        self.inflight = int(record.get("inflight", b"0"))
-        self.last_heartbeat_ms = int(record.get("hb_ms", b"0"))
+    def __init__(self, record: NodeRecord, liveness_ms: int, now_ms: int) -> None:
+        self.id = record.node_id
+        self.instance = record.instance
+        self.info = _json(record.info)
+        self.load = _json(record.load)
+        self.status = record.status or "offline"
+        self.capacity = record.capacity
+        self.inflight = record.inflight
+        self.last_heartbeat_ms = record.heartbeat_ms
         self.online = self.status != "offline" and now_ms - self.last_heartbeat_ms <= liveness_ms
 
     @property
@@ -129,25 +130,25 @@ def routes(scheduler: Scheduler) -> list[Route]:
         now = int(time.time() * 1000)
         instances = []
         for inst in await scheduler.store.instances():  # sessions: live here, as last announced elsewhere
-            description = _json(inst.get("description"))
-            inbox_length, inbox_pending = await scheduler.store.inbox_stats(inst["id"])
+            description = _json(inst.description)
+            inbox_length, inbox_pending = await scheduler.store.inbox_stats(inst.instance_id)
             started = int(description.get("started_at_ms", 0))
             instances.append(
                 {
-                    "instance_id": inst["id"],
+                    "instance_id": inst.instance_id,
                     "hostname": description.get("hostname", ""),
                     "pid": description.get("pid", 0),
                     "version": description.get("version", ""),
                     "started_at_ms": started,
                     "uptime_seconds": max(0, (now - started) // 1000),
-                    "is_online": inst["online"],
+                    "is_online": inst.online,
                     "inbox_length": inbox_length,
                     "inbox_pending": inbox_pending,
                     "dlq_length": 0,
-                    "nodes_owned": sum(1 for v in views if v.online and v.instance == inst["id"]),
+                    "nodes_owned": sum(1 for v in views if v.online and v.instance == inst.instance_id),
                     "sessions_owned": (
                         len(scheduler.sessions)
-                        if inst["id"] == scheduler.instance_id
+                        if inst.instance_id == scheduler.instance_id
                         else description.get("sessions", 0)
                     ),
                 }

@@ -1,22 +1,22 @@
 """The store: shared state in Redis/Valkey, its Lua scripts, and the embedded server."""
 
-from dragoman.store.store import (
+from dragoman.store.records import (
     Action,
     Assign,
     Cancel,
     Created,
     DropNode,
-    InstanceGone,
+    InstanceRecord,
+    JobRecord,
     JobSpec,
+    NodeRecord,
     Notify,
     Outcome,
     Partial,
     Routed,
     SessionSnapshot,
-    Store,
-    now_ms,
-    outcome_of,
 )
+from dragoman.store.store import Store, StoreConfigError, assigned_node, group_id, now_ms
 
 __all__ = [
     "Action",
@@ -24,14 +24,18 @@ __all__ = [
     "Cancel",
     "Created",
     "DropNode",
-    "InstanceGone",
+    "InstanceRecord",
+    "JobRecord",
     "JobSpec",
+    "NodeRecord",
     "Notify",
     "Outcome",
     "Partial",
     "Routed",
     "SessionSnapshot",
     "Store",
+    "StoreConfigError",
+    "assigned_node",
+    "group_id",
     "now_ms",
-    "outcome_of",
 ]

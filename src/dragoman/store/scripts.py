@@ -1,7 +1,7 @@
 """The store's Lua scripts: loaded once, called by SHA, reloaded if the server lost them.
 
-Every script is ``_lib.lua`` (the shared helpers) followed by the script's own file, so one helper
-definition serves all of them. Every call carries the common ARGV header that ``_lib.lua`` reads.
+A cell's scripts are ``_cell.lua`` (the helpers every cell script shares) followed by the script's own
+file; the instance and session scripts stand alone. Each file opens with its KEYS, ARGV and reply.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError
 
-SCRIPT_NAMES = (
+CELL_SCRIPTS = (
     "create_job",
+    "settle_slot",
     "complete_job",
     "mark_job",
     "cancel_jobs",
@@ -21,23 +22,27 @@ SCRIPT_NAMES = (
     "heartbeat_node",
     "node_gone",
     "tick",
-    "announce_instance",
     "reconcile",
-    "claim_session",
+    "probe_cell",
+    "take_waiting",
+    "adopt_job",
+    "finish_move",
 )
+OTHER_SCRIPTS = ("announce_instance", "take_instances", "claim_session")
 
 
 def _source(name: str) -> str:
     lua = resources.files("dragoman.store") / "lua"
-    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    own = (lua / f"{name}.lua").read_text()
+    return (lua / "_cell.lua").read_text() + "\n" + own if name in CELL_SCRIPTS else own
 
 
 class Scripts:
-    """The scripts of one store connection, by name."""
+    """The scripts of one store client, by name."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._sources = {name: _source(name) for name in SCRIPT_NAMES}
+        self._sources = {name: _source(name) for name in (*CELL_SCRIPTS, *OTHER_SCRIPTS)}
         self._shas: dict[str, str] = {}
 
     async def load(self) -> None:

@@ -1,207 +1,90 @@
 """The store: every piece of shared state, changed only through one atomic script per mutation.
 
-``Store`` turns the scripts' replies into typed actions (``Assign``, ``Cancel``, ``Outcome``,
-``DropNode``) that the scheduler carries out on its sockets. All scheduling keys share one hash tag
-(``{sched}``), so every script touches one hash slot; see docs/ARCHITECTURE.md for the key schema.
+``Store`` is the narrow interface the scheduler uses: typed calls in, typed records out (store/records.py);
+key and field names never leave this package. Scheduling state is split into cells (store/keys.py); a job
+is created in its session's home cell, or in another cell when the home cell has no usable node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
+import logging
 import random
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from dragoman.config import Settings
+from dragoman.store.keys import Keys
+from dragoman.store.records import (
+    VERSION,
+    Action,
+    ActionsReply,
+    AdoptReply,
+    AnnounceReply,
+    Assign,
+    ClaimReply,
+    Created,
+    CreateReply,
+    Envelope,
+    FinishReply,
+    HeartbeatReply,
+    InstanceRecord,
+    JobRecord,
+    JobSpec,
+    MarkReply,
+    NodeRecord,
+    ProbeReply,
+    ReconcileReply,
+    RegisterReply,
+    Repair,
+    ResultReply,
+    Routed,
+    SessionSnapshot,
+    SettleReply,
+    TakeInstancesReply,
+    TakenInstance,
+    TakeReply,
+    TickReply,
+)
 from dragoman.store.scripts import Scripts
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class Assign:
-    """Send attempt ``attempt`` of the job to ``node`` (held by ``instance``)."""
-
-    job_id: str
-    node: str
-    instance: str
-    attempt: int
-    body: bytes  # the job_assign frame after its attempt id (protocol.assign_frame)
-    session: str
-    owner: str
+R = TypeVar("R")
+INBOX_GROUP = "dragoman"
+MOVE_LEASE_MS = 5000  # a job moving between cells is the mover's this long; then any tick finishes the move
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """Tell ``node`` to stop working on the job (best effort: N11)."""
-
-    job_id: str
-    node: str
-    instance: str
-    trace: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The job's single outcome. ``detail`` is the node's raw job_result, or Dragoman's error code."""
-
-    job_id: str
-    state: str  # completed | empty | failed | timed_out
-    detail: bytes
-    session: str
-    index: int
-    owner: str
-    trace: str
-    created_ms: int
-    dispatched_ms: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class DropNode:
-    """The node's liveness ran out: close its socket if this instance holds it."""
-
-    node: str
-    instance: str
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceGone:
-    """An instance stopped announcing itself and this one took it over: re-route what its inbox holds."""
-
-    instance: str
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """A ``ui_event`` for a session held by another instance (sent between instances, not by scripts)."""
-
-    session: str
-    job_id: str
-    event: str
-    error_code: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Partial:
-    """A node's raw ``asr_partial`` for a session held by another instance."""
-
-    session: str
-    raw: bytes
-
-
-Action = Assign | Cancel | Outcome | DropNode | InstanceGone
-Routed = Assign | Cancel | Outcome | DropNode | Notify | Partial  # what one instance may post to another
-_ROUTED: dict[bytes, type[Routed]] = {
-    b"assign": Assign,
-    b"cancel": Cancel,
-    b"outcome": Outcome,
-    b"drop_node": DropNode,
-    b"notify": Notify,
-    b"partial": Partial,
-}
-_ROUTED_KIND = {cls: kind for kind, cls in _ROUTED.items()}
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _action(row: list[Any]) -> Action:
-    kind = _s(row[0])
-    if kind == "assign":
-        return Assign(_s(row[1]), _s(row[2]), _s(row[3]), int(row[4]), row[5] or b"", _s(row[6]), _s(row[7]))
-    if kind == "cancel":
-        return Cancel(_s(row[1]), _s(row[2]), _s(row[3]), _s(row[4]), _s(row[5]))
-    if kind == "outcome":
-        return Outcome(
-            job_id=_s(row[1]),
-            state=_s(row[2]),
-            detail=row[3] if isinstance(row[3], bytes) else str(row[3]).encode(),
-            session=_s(row[4]),
-            index=int(row[5]),
-            owner=_s(row[6]),
-            trace=_s(row[7]),
-            created_ms=int(row[8]),
-            dispatched_ms=int(row[9]) if row[9] else None,
-        )
-    if kind == "drop_node":
-        return DropNode(_s(row[1]), _s(row[2]))
-    if kind == "instance_gone":
-        return InstanceGone(_s(row[1]))
-    raise ValueError(f"unknown store action {kind!r}")
-
-
-def outcome_of(job_id: str, session: str, index: int, state: str, record: dict[str, bytes]) -> Outcome:
-    """The outcome of a resolved job, read back from its record (for a resumed session)."""
-    dispatched = record.get("dispatched_ms")
-    return Outcome(
-        job_id=job_id,
-        state=state,
-        detail=record.get("outcome", b""),
-        session=session,
-        index=index,
-        owner=_s(record.get("owner", b"")),
-        trace=_s(record.get("trace", b"")),
-        created_ms=int(record.get("created_ms", b"0")),
-        dispatched_ms=int(dispatched) if dispatched else None,
-    )
-
-
-def _routed(fields: dict[bytes, bytes]) -> Routed:
-    return msgspec.msgpack.decode(fields[b"m"], type=_ROUTED[fields[b"k"]])
-
-
-def _actions(rows: list[Any]) -> list[Action]:
-    return [_action(row) for row in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """What create-or-get needs to know about a job."""
-
-    session: str
-    index: int
-    tgt: str
-    job_id: str  # proposed: used only if the slot has no job yet
-    pair: str  # "src:tgt" after normalisation, "" when no node can be eligible
-    pair2: str  # the reverse pair a two-way job also needs, or ""
-    turn: str
-    trace: str
-    owner: str  # instance that delivers the outcome, "" for HTTP API jobs
-    body: bytes
-    result_ttl_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Created:
-    status: str  # created | existing
-    job_id: str
-    state: str
-    actions: list[Action]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSnapshot:
-    init: bytes  # the session's first session_init (its language settings)
-    trace: str
-    delivered: int  # outcomes up to this index were delivered
-    jobs: list[tuple[int, str, dict[str, bytes]]]  # (index, job id, job record) past ``delivered``
+class StoreConfigError(RuntimeError):
+    """The store holds a deployment that these settings cannot serve (a different number of cells)."""
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def group_id(pairs: list[str]) -> str:
+    """The capability group of a node that serves these directed pairs: nodes that announce the same
+    languages share one group, and with it one place for their load."""
+    if not pairs:
+        return ""
+    return hashlib.blake2b(" ".join(sorted(pairs)).encode(), digest_size=8).hexdigest()
+
+
 CLUSTER_SCHEME = "redis+cluster://"
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, max_connections: int, timeout_s: float) -> redis.Redis:
     """A client for ``url``: ``redis://``, ``rediss://``, ``unix://``, or ``redis+cluster://h1:p1,h2:p2``
-    for a Redis/Valkey Cluster (any reachable node names it; the client discovers the rest)."""
+    for a Redis/Valkey Cluster (any reachable node names it; the client discovers the rest). A call waits
+    up to ``timeout_s`` for one of ``max_connections`` pooled connections instead of failing at once."""
     if url.startswith(CLUSTER_SCHEME):
         hosts = url.removeprefix(CLUSTER_SCHEME).split("/", 1)[0]
         nodes = []
@@ -210,125 +93,308 @@ def connect(url: str) -> redis.Redis:
             nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
         if not nodes:
             raise ValueError(f"{url}: no cluster node given")
-        cluster: redis.Redis = RedisCluster(startup_nodes=nodes, decode_responses=False)  # type: ignore[assignment]
+        cluster: redis.Redis = RedisCluster(  # type: ignore[assignment]
+            startup_nodes=nodes, decode_responses=False, max_connections=max_connections
+        )
         return cluster
-    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=0)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s)
+    return redis.Redis(connection_pool=pool, decode_responses=False, health_check_interval=0)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _job_record(job_id: str, cell: int, raw: dict[bytes, bytes]) -> JobRecord | None:
+    if not raw:
+        return None
+
+    def get(name: str) -> str:
+        return _s(raw.get(name.encode(), b""))
+
+    dispatched = get("dispatched_ms")
+    return JobRecord(
+        job_id=job_id,
+        cell=cell,
+        state=get("state"),
+        attempt=int(get("attempt") or 0),
+        node=get("node"),
+        session=get("session"),
+        index=int(get("index") or 0),
+        tgt=get("tgt"),
+        pair=get("pair"),
+        owner=get("owner"),
+        trace=get("trace"),
+        created_ms=int(get("created_ms") or 0),
+        dispatched_ms=int(dispatched) if dispatched else None,
+        detail=get("data"),
+    )
+
+
+def _member(job_id: str, cell: int) -> str:
+    return f"{job_id}@{cell}"
+
+
+def _parse_member(member: bytes | str) -> tuple[str, int]:
+    job_id, _, cell = _s(member).rpartition("@")
+    return job_id, int(cell)
 
 
 class Store:
-    """One store connection pool and the scripts bound to it."""
+    """One deployment's store: its client, the scripts bound to it, and typed calls."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings
         self.url = url
-        self.client = connect(url)
-        self.blocking = connect(url)  # blocking inbox reads never hold up request/response traffic
-        self.prefix = f"{settings.key_prefix}:{{sched}}:"
-        self._keys = [self.prefix + "deadlines"]
+        self.keys = Keys(settings.key_prefix, settings.cells)
+        timeout = settings.store_pool_timeout_ms / 1000
+        self.client = connect(url, settings.store_max_connections, timeout)
+        self.blocking = connect(url, 4, timeout)  # blocking inbox reads never hold up request/response traffic
+        self._calls = asyncio.Semaphore(settings.store_max_connections)
         self._scripts = Scripts(self.client)
         self._header_tail = [
             settings.job_timeout_ms,
             settings.pending_timeout_ms,
-            settings.affinity_ttl_ms,
             settings.failover_max_attempts + 1,
             settings.binding_ttl_ms,
         ]
 
+    @property
+    def cells(self) -> int:
+        return self.settings.cells
+
     async def open(self) -> None:
         await self.client.ping()
+        await self._check_cells()
         await self._scripts.load()
+
+    async def _check_cells(self) -> None:
+        """The number of cells is fixed for a deployment: changing it would route keys to other slots."""
+        key = self.keys.meta_cells
+        await self.client.set(key, self.cells, nx=True)
+        stored = int(await self.client.get(key) or self.cells)
+        if stored != self.cells:
+            raise StoreConfigError(
+                f"cells: this store's deployment (key_prefix {self.settings.key_prefix!r}) runs with "
+                f"{stored} cells, not {self.cells}; start with cells = {stored}, or use another key_prefix"
+            )
 
     async def close(self) -> None:
         await self.client.aclose()
         await self.blocking.aclose()
 
-    async def _call(self, name: str, *args: Any) -> Any:
-        header = [self.prefix, now_ms(), random.random(), *self._header_tail]
-        return await self._scripts.call(name, self._keys, [*header, *args])
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[None]:
+        """At most ``store_max_connections`` calls at once; a burst waits its turn (bounded by the pool
+        timeout) instead of failing."""
+        try:
+            await asyncio.wait_for(self._calls.acquire(), self.settings.store_pool_timeout_ms / 1000)
+        except TimeoutError:
+            raise redis.ConnectionError("no store connection free within the pool timeout") from None
+        try:
+            yield
+        finally:
+            self._calls.release()
+
+    async def _script(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
+        async with self._connection():
+            raw = await self._scripts.call(name, keys, args)
+        return msgspec.msgpack.decode(raw, type=reply)
+
+    async def _cell(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
+        """A cell script: KEYS[1] is always the cell's deadlines zset; the common header comes first."""
+        header = [now_ms(), random.random(), *self._header_tail]
+        return await self._script(name, keys, [*header, *args], reply)
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def create_job(self, spec: JobSpec) -> Created:
-        rows = await self._call(
+    async def _create_in(self, spec: JobSpec, cell: int, mode: str, must_place: bool, home: int) -> CreateReply:
+        k = self.keys
+        prefer = [n for n in spec.prefer if k.node_cell(n) == cell]
+        keys = [k.deadlines(cell), k.job(cell, spec.job_id)]
+        if mode != "bound":
+            keys += [k.slot(home, spec.session, spec.index, spec.tgt), k.session_jobs(home, spec.session)]
+        return await self._cell(
             "create_job",
-            spec.session,
-            spec.index,
-            spec.tgt,
-            spec.job_id,
-            spec.pair,
-            spec.pair2,
-            spec.turn,
-            spec.trace,
-            spec.owner,
-            spec.body,
-            spec.result_ttl_ms,
+            keys,
+            [
+                spec.session,
+                spec.index,
+                spec.tgt,
+                spec.job_id,
+                spec.pair,
+                spec.pair2,
+                spec.turn,
+                spec.trace,
+                spec.owner,
+                spec.body,
+                spec.result_ttl_ms,
+                mode,
+                "1" if must_place else "0",
+                cell,
+                *prefer,
+            ],
+            CreateReply,
         )
-        head = rows[0]
-        return Created(_s(head[1]), _s(head[2]), _s(head[3]), _actions(rows[1:]))
+
+    async def create_job(self, spec: JobSpec) -> Created:
+        """Create-or-get the slot's job and place it. The slot binding lives in the session's home cell, so
+        placing the job there is one call; when the home cell has no usable node, every other cell is
+        tried (the cell of a preferred node first: a turn's parts go to one node), and the last resort is
+        to wait at home. The binding then names the cell that took the job."""
+        k = self.keys
+        home = k.home_cell(spec.session)
+        if self.cells == 1:
+            reply = await self._create_in(spec, home, "bind", False, home)
+        else:
+            first = next((k.node_cell(n) for n in spec.prefer), home)
+            reply = await self._create_in(spec, home, "bind" if first == home else "reserve", True, home)
+            if reply.status == "no_room":
+                reply = await self._spill(spec, home, first)
+        if reply.status == "existing":
+            return Created("existing", reply.job_id, reply.cell, reply.state, [])
+        assert reply.status == "created"
+        return Created("created", reply.job_id, reply.cell, reply.state, reply.actions)
+
+    async def _spill(self, spec: JobSpec, home: int, first: int) -> CreateReply:
+        others = [(home + step) % self.cells for step in range(1, self.cells)]
+        order = [first, home, *(c for c in others if c != first)] if first != home else others
+        for cell in order:
+            reply = await self._create_in(spec, cell, "bound", True, home)
+            if reply.status == "created":
+                if cell != home:
+                    await self._settle(spec.session, spec.index, spec.tgt, spec.job_id, home, cell, bool(spec.owner))
+                return reply
+        return await self._create_in(spec, home, "bound", False, home)
+
+    async def _settle(self, session: str, index: int, tgt: str, job_id: str, old: int, new: int, indexed: bool) -> None:
+        """Point the slot's binding (in the session's home cell) from cell ``old`` to cell ``new``."""
+        k = self.keys
+        home = k.home_cell(session)
+        await self._cell(
+            "settle_slot",
+            [k.deadlines(home), k.slot(home, session, index, tgt), k.session_jobs(home, session)],
+            [job_id, old, new, index, "1" if indexed else "0"],
+            SettleReply,
+        )
 
     async def complete_job(
-        self, job_id: str, node: str, attempt: int, kind: str, raw: bytes | str, block_ms: int, drain: int
-    ) -> tuple[str, list[Action]]:
-        rows = await self._call("complete_job", job_id, node, attempt, kind, raw, block_ms, drain)
-        return _s(rows[0][1]), _actions(rows[1:])
+        self, job_id: str, node: str, attempt: int, kind: str, raw: str, block_ms: int, drain: int
+    ) -> ResultReply:
+        """A node's result for one attempt, in the node's cell (its jobs are there)."""
+        k = self.keys
+        cell = k.node_cell(node)
+        return await self._cell(
+            "complete_job",
+            [k.deadlines(cell), k.job(cell, job_id), k.node_jobs(cell, node)],
+            [job_id, node, attempt, kind, raw, block_ms, drain],
+            ResultReply,
+        )
 
-    async def mark_job(self, job_id: str, node: str, attempt: int, mark: str) -> tuple[str, str] | None:
-        """(session, owner) when the attempt is current and unresolved, else None."""
-        row = await self._call("mark_job", job_id, node, attempt, mark)
-        return (_s(row[0]), _s(row[1])) if row else None
+    async def mark_job(self, job_id: str, node: str, attempt: int, mark: str) -> MarkReply:
+        k = self.keys
+        cell = k.node_cell(node)
+        return await self._cell(
+            "mark_job", [k.deadlines(cell), k.job(cell, job_id)], [job_id, node, attempt, mark], MarkReply
+        )
 
-    async def cancel_jobs(self, job_ids: list[str], reason: str) -> list[Action]:
-        if not job_ids:
-            return []
-        return _actions(await self._call("cancel_jobs", reason, *job_ids))
+    async def cancel_jobs(self, jobs: list[tuple[str, int]], reason: str) -> list[Action]:
+        """End each (job id, cell) that is still unresolved."""
+        k = self.keys
+        by_cell: dict[int, list[str]] = {}
+        for job_id, cell in jobs:
+            if cell >= 0:
+                by_cell.setdefault(cell, []).append(job_id)
+        actions: list[Action] = []
+        for cell, ids in by_cell.items():
+            reply = await self._cell(
+                "cancel_jobs", [k.deadlines(cell), *(k.job(cell, i) for i in ids)], [reason, *ids], ActionsReply
+            )
+            actions += reply.actions
+        return actions
 
-    async def get_job(self, job_id: str) -> dict[str, bytes]:
-        raw: dict[bytes, bytes] = await self.client.hgetall(f"{self.prefix}job:{job_id}")  # type: ignore[assignment]
-        return {k.decode(): v for k, v in raw.items()}
+    async def get_job(self, job_id: str, cell: int | None = None, search: bool = True) -> JobRecord | None:
+        """A job's record, from its cell, or looked up in every cell (one pipelined round trip) when the cell
+        is not known or (``search``) the job is not there (it moved)."""
+        cells = list(range(self.cells)) if cell is None else [cell]
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            for c in cells:
+                pipe.hgetall(self.keys.job(c, job_id))
+            rows: list[dict[bytes, bytes]] = await pipe.execute()
+        for c, raw in zip(cells, rows, strict=True):
+            if raw:
+                return _job_record(job_id, c, raw)
+        if cell is not None and search and self.cells > 1:
+            return await self.get_job(job_id)
+        return None
 
     # -- nodes ------------------------------------------------------------------------------------
 
-    async def register_node(self, node: str, conn: str, instance: str, cap: int, info: bytes) -> tuple[str, str]:
-        row = await self._call(
+    async def register_node(self, node: str, conn: str, instance: str, cap: int, info: bytes) -> RegisterReply:
+        k = self.keys
+        cell = k.node_cell(node)
+        reply = await self._cell(
             "register_node",
-            node,
-            conn,
-            instance,
-            cap,
-            info,
-            self.settings.node_liveness_ms,
-            self.settings.reconnect_grace_ms,
+            [k.deadlines(cell), k.node(cell, node), k.node_jobs(cell, node)],
+            [node, conn, instance, cap, info, self.settings.node_liveness_ms, self.settings.reconnect_grace_ms],
+            RegisterReply,
         )
-        return _s(row[0]), _s(row[1])
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            # The instance's own set of the nodes it holds (only it writes it): a takeover ends them.
+            pipe.sadd(k.instance_nodes(instance), node)
+            if reply.previous_instance and reply.previous_instance != instance:
+                pipe.srem(k.instance_nodes(reply.previous_instance), node)
+            await pipe.execute()
+        return reply
 
     async def heartbeat_node(
         self, node: str, conn: str, pairs: list[str], cap: int, load: bytes, drain: int
-    ) -> tuple[bool, list[Action]]:
-        rows = await self._call(
-            "heartbeat_node", node, conn, " ".join(pairs), cap, load, self.settings.node_liveness_ms, drain
+    ) -> HeartbeatReply:
+        k = self.keys
+        cell = k.node_cell(node)
+        return await self._cell(
+            "heartbeat_node",
+            [k.deadlines(cell), k.node(cell, node), k.node_jobs(cell, node)],
+            [node, conn, group_id(pairs), " ".join(pairs), cap, load, self.settings.node_liveness_ms, drain],
+            HeartbeatReply,
         )
-        return _s(rows[0][1]) == "ok", _actions(rows[1:])
 
-    async def node_gone(self, node: str, conn: str) -> list[Action]:
-        return _actions(await self._call("node_gone", node, conn))
+    async def node_gone(self, node: str, conn: str, instance: str = "*") -> list[Action]:
+        """The node's socket ``conn`` closed ('*': whichever socket holds it, if ``instance`` holds it)."""
+        k = self.keys
+        cell = k.node_cell(node)
+        reply = await self._cell(
+            "node_gone", [k.deadlines(cell), k.node(cell, node)], [node, conn, instance], ActionsReply
+        )
+        if instance != "*":
+            async with self._connection():
+                await self.client.srem(k.instance_nodes(instance), node)
+        return reply.actions
 
-    async def nodes(self) -> list[dict[str, bytes]]:
-        """Every registered node's record, for the HTTP views."""
-        ids: list[bytes] = await self.client.zrange(self.prefix + "live", 0, -1)  # type: ignore[assignment]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for node in ids:
-                pipe.hgetall(f"{self.prefix}node:{node.decode()}")
-            rows: list[dict[bytes, bytes]] = await pipe.execute()
-        return [{"id": n, **{k.decode(): v for k, v in r.items()}} for n, r in zip(ids, rows, strict=True) if r]
+    async def nodes(self) -> list[NodeRecord]:
+        """Every registered node of every cell, for the HTTP views."""
+        k = self.keys
+        records: list[NodeRecord] = []
+        for cell in range(self.cells):
+            async with self._connection():
+                ids: list[bytes] = await self.client.zrange(k.live(cell), 0, -1)  # type: ignore[assignment]
+            if not ids:
+                continue
+            async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+                for node in ids:
+                    pipe.hgetall(k.node(cell, _s(node)))
+                    pipe.scard(k.node_jobs(cell, _s(node)))
+                rows = await pipe.execute()
+            for node, raw, inflight in zip(ids, rows[::2], rows[1::2], strict=True):
+                if raw:
+                    records.append(_node_record(_s(node), cell, raw, int(inflight)))
+        return records
 
     # -- sessions ---------------------------------------------------------------------------------
 
-    def _session_key(self, session: str) -> str:
-        return f"{self.prefix}session:{session}"
-
     async def open_session(self, session: str, instance: str, actor: str, init: bytes, trace: str) -> None:
-        key = self._session_key(session)
-        async with self.client.pipeline(transaction=False) as pipe:
+        key = self.keys.session(session)
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping={"owner": instance, "actor": actor, "init": init, "trace": trace})
             pipe.pexpire(key, self.settings.resume_grace_ms)
             await pipe.execute()
@@ -336,120 +402,283 @@ class Store:
     async def keep_sessions(self, sessions: list[tuple[str, int]]) -> None:
         """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops) and
         record up to which index each has delivered its outcomes, so a resume re-sends only the rest."""
-        async with self.client.pipeline(transaction=False) as pipe:
+        if not sessions:
+            return
+        k = self.keys
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
             for session, delivered in sessions:
-                key = self._session_key(session)
+                key = k.session(session)
+                index = k.session_jobs(k.home_cell(session), session)
                 pipe.hset(key, "delivered", delivered)
                 pipe.pexpire(key, self.settings.resume_grace_ms)
-                pipe.zremrangebyscore(key + ":jobs", "-inf", delivered)
+                pipe.zremrangebyscore(index, "-inf", delivered)
+                pipe.pexpire(index, self.settings.binding_ttl_ms)
             await pipe.execute()
 
     async def close_session(self, session: str) -> None:
-        key = self._session_key(session)
-        await self.client.delete(key, key + ":jobs")
+        k = self.keys
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(k.session(session))
+            pipe.delete(k.session_jobs(k.home_cell(session), session))
+            await pipe.execute()
 
-    async def claim_session(self, session: str, expected_actor: str, owner: str, actor: str) -> str | None:
-        """Give the session to ``owner``/``actor`` if the actor ``expected_actor`` ('*': any) holds it.
-        Returns the previous owner instance, or None when there is no such session or another actor holds it."""
-        previous = await self._call(
-            "claim_session", session, expected_actor, owner, actor, self.settings.resume_grace_ms
+    async def claim_session(self, session: str, expected_actor: str, owner: str, actor: str) -> ClaimReply:
+        """Give the session to ``owner``/``actor`` if the actor ``expected_actor`` ('*': any) holds it."""
+        return await self._script(
+            "claim_session",
+            [self.keys.session(session)],
+            [expected_actor, owner, actor, self.settings.resume_grace_ms],
+            ClaimReply,
         )
-        return None if previous is None else _s(previous)
 
     async def session_snapshot(self, session: str) -> SessionSnapshot | None:
         """What a resumed session needs: its first ``session_init``, trace id, and every job past what it
         delivered, with each job's record."""
-        key = self._session_key(session)
-        record: dict[bytes, bytes] = await self.client.hgetall(key)  # type: ignore[assignment]
+        k = self.keys
+        async with self._connection():
+            record: dict[bytes, bytes] = await self.client.hgetall(k.session(session))  # type: ignore[assignment]
         if not record:
             return None
         delivered = int(record.get(b"delivered", b"-1"))
-        rows: list[tuple[bytes, float]] = await self.client.zrangebyscore(  # type: ignore[assignment]
-            key + ":jobs", f"({delivered}", "+inf", withscores=True
-        )
-        async with self.client.pipeline(transaction=False) as pipe:
-            for job_id, _ in rows:
-                pipe.hgetall(f"{self.prefix}job:{_s(job_id)}")
-            records: list[dict[bytes, bytes]] = await pipe.execute()
-        jobs = [
-            (int(index), _s(job_id), {_s(k): v for k, v in job.items()})
-            for (job_id, index), job in zip(rows, records, strict=True)
-        ]
+        async with self._connection():
+            rows: list[tuple[bytes, float]] = await self.client.zrangebyscore(  # type: ignore[assignment]
+                k.session_jobs(k.home_cell(session), session), f"({delivered}", "+inf", withscores=True
+            )
+        members = [(_parse_member(m), int(index)) for m, index in rows]
+        jobs: list[tuple[int, str, JobRecord | None]] = []
+        for (job_id, cell), index in members:
+            jobs.append((index, job_id, await self.get_job(job_id, None if cell < 0 else cell)))
         return SessionSnapshot(record[b"init"], _s(record[b"trace"]), delivered, jobs)
 
     async def session_owner(self, session: str) -> str:
-        owner = await self.client.hget(self._session_key(session), "owner")
+        async with self._connection():
+            owner = await self.client.hget(self.keys.session(session), "owner")
         return _s(owner) if owner else ""
 
     # -- instance inboxes -------------------------------------------------------------------------
 
-    def inbox_key(self, instance: str) -> str:
-        return f"{self.settings.key_prefix}:{{inbox:{instance}}}"
-
-    async def post(self, instance: str, message: Routed) -> None:
+    async def post(self, instance: str, message: Routed, hops: int = 0) -> None:
         """Append a message to another instance's inbox (a stream; bounded, oldest trimmed first)."""
-        fields = {"k": _ROUTED_KIND[type(message)], "m": msgspec.msgpack.encode(message)}
-        await self.client.xadd(self.inbox_key(instance), fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+        entry = msgspec.msgpack.encode(Envelope(VERSION, message, hops))
+        async with self._connection():
+            await self.client.xadd(self.keys.inbox(instance), {"e": entry}, maxlen=100_000, approximate=True)
 
     async def open_inbox(self, instance: str) -> None:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
-            await self.client.xgroup_create(self.inbox_key(instance), "dragoman", id="0", mkstream=True)
+            async with self._connection():
+                await self.client.xgroup_create(self.keys.inbox(instance), INBOX_GROUP, id="0", mkstream=True)
 
-    async def read_inbox(self, instance: str, block_ms: int, count: int = 256) -> list[tuple[bytes, Routed]]:
+    async def read_inbox(self, instance: str, block_ms: int, count: int = 256) -> list[tuple[bytes, Envelope | None]]:
+        """Entries not yet read by this instance; None for an entry that cannot be decoded (logged)."""
         replies: list[Any] = await self.blocking.xreadgroup(  # type: ignore[assignment]
-            "dragoman", instance, {self.inbox_key(instance): ">"}, count=count, block=block_ms
+            INBOX_GROUP, instance, {self.keys.inbox(instance): ">"}, count=count, block=block_ms
         )
-        return [(entry_id, _routed(fields)) for _, entries in replies or [] for entry_id, fields in entries]
+        return [(entry_id, _envelope(entry_id, fields)) for _, entries in replies or [] for entry_id, fields in entries]
 
     async def ack_inbox(self, instance: str, ids: list[bytes]) -> None:
-        key = self.inbox_key(instance)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(key, "dragoman", *ids)
+        key = self.keys.inbox(instance)
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            pipe.xack(key, INBOX_GROUP, *ids)
             pipe.xdel(key, *ids)
             await pipe.execute()
 
     async def inbox_stats(self, instance: str) -> tuple[int, int]:
         """(entries in the instance's inbox, entries read but not yet acknowledged)."""
-        key = self.inbox_key(instance)
-        length = await self.client.xlen(key)
-        try:
-            pending: dict[str, Any] = await self.client.xpending(key, "dragoman")
-        except redis.ResponseError:  # no such group (the inbox was never opened or was taken over)
-            return int(length), 0
+        key = self.keys.inbox(instance)
+        async with self._connection():
+            length = await self.client.xlen(key)
+            try:
+                pending: dict[str, Any] = await self.client.xpending(key, INBOX_GROUP)
+            except redis.ResponseError:  # no such group (the inbox was never opened or was taken over)
+                return int(length), 0
         return int(length), int(pending["pending"])
 
-    async def take_inbox(self, instance: str) -> list[Routed]:
+    async def take_inbox(self, instance: str) -> list[Envelope]:
         """Everything a dead instance's inbox holds, then the inbox is deleted."""
-        key = self.inbox_key(instance)
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrange(key)  # type: ignore[assignment]
-        await self.client.delete(key)
-        return [_routed(fields) for _, fields in entries]
+        key = self.keys.inbox(instance)
+        async with self._connection():
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.client.xrange(key)  # type: ignore[assignment]
+            await self.client.delete(key)
+        return [e for entry_id, fields in entries if (e := _envelope(entry_id, fields)) is not None]
 
     # -- instances and the periodic sweep ---------------------------------------------------------
 
-    async def announce(self, instance: str, description: bytes) -> None:
-        await self._call("announce_instance", instance, self.settings.instance_ttl_ms, description)
+    async def announce(self, instance: str, description: bytes, first: bool) -> bool:
+        """Renew the instance's presence; False when it had been taken over by another instance."""
+        k = self.keys
+        reply = await self._script(
+            "announce_instance",
+            [k.instances, k.instance(instance), k.instance_nodes(instance)],
+            [now_ms(), self.settings.instance_ttl_ms, description, "1" if first else "0", instance],
+            AnnounceReply,
+        )
+        return reply.was_present
 
     async def leave(self, instance: str) -> None:
-        await self._call("announce_instance", instance, self.settings.instance_ttl_ms, "")
-
-    async def instances(self) -> list[dict[str, Any]]:
-        """Every instance that announced itself and is not yet taken over, with its description."""
-        rows: list[tuple[bytes, float]] = await self.client.zrange(  # type: ignore[assignment]
-            self.prefix + "instances", 0, -1, withscores=True
+        k = self.keys
+        await self._script(
+            "announce_instance",
+            [k.instances, k.instance(instance), k.instance_nodes(instance)],
+            [now_ms(), self.settings.instance_ttl_ms, "", "0", instance],
+            AnnounceReply,
         )
-        ids = [_s(r[0]) for r in rows]
-        descriptions = await self.client.mget([f"{self.prefix}instance:{i}" for i in ids]) if ids else []
+
+    async def take_instances(self, limit: int = 16) -> list[TakenInstance]:
+        """The instances past their presence deadline, each now taken by this caller alone."""
+        reply = await self._script("take_instances", [self.keys.instances], [now_ms(), limit], TakeInstancesReply)
+        return reply.taken
+
+    async def instances(self) -> list[InstanceRecord]:
+        """Every instance that announced itself and is not yet taken over, with its description."""
+        k = self.keys
+        async with self._connection():
+            rows: list[tuple[bytes, float]] = await self.client.zrange(  # type: ignore[assignment]
+                k.instances, 0, -1, withscores=True
+            )
+            ids = [_s(r[0]) for r in rows]
+            descriptions = await self.client.mget([k.instance(i) for i in ids]) if ids else []
         now = now_ms()
         return [
-            {"id": i, "online": score > now, "description": description}
+            InstanceRecord(i, score > now, description if isinstance(description, bytes) else None)
             for i, (_, score), description in zip(ids, rows, descriptions, strict=True)
         ]
 
-    async def reconcile(self, limit: int = 10_000) -> list[tuple[str, int, int]]:
-        """Repair in-flight counts from the jobs; returns (node, counted, actual) for each repair."""
-        rows = await self._call("reconcile", limit)
-        return [(_s(r[0]), int(r[1]), int(r[2])) for r in rows]
+    async def reconcile(self, limit: int = 10_000) -> list[Repair]:
+        """Check every cell's nodes' job sets and load scores; returns each repair made."""
+        k = self.keys
+        repairs: list[Repair] = []
+        for cell in range(self.cells):
+            reply = await self._cell("reconcile", [k.deadlines(cell), k.live(cell)], [limit], ReconcileReply)
+            repairs += reply.repairs
+        return repairs
 
     async def tick(self, limit: int = 256) -> list[Action]:
-        return _actions(await self._call("tick", limit))
+        """Sweep every cell's deadlines and liveness (every instance sweeps every cell; each call is atomic),
+        then move jobs that wait in one cell to another cell with room for them."""
+        k = self.keys
+        replies = await asyncio.gather(
+            *(
+                self._cell("tick", [k.deadlines(cell), k.live(cell)], [limit, self.cells, MOVE_LEASE_MS], TickReply)
+                for cell in range(self.cells)
+            )
+        )
+        actions = [action for reply in replies for action in reply.actions]
+        for cell, reply in enumerate(replies):
+            for move in reply.moves:
+                await self._finish_stale_move(cell, move.job_id, move.cell)
+            if reply.waiting:
+                actions += await self._rebalance(cell, reply.waiting)
+        return actions
+
+    # -- moving waiting jobs between cells --------------------------------------------------------
+
+    async def _rebalance(self, cell: int, pairs: list[str], limit: int = 16) -> list[Action]:
+        """Jobs that wait in ``cell`` for pairs another cell has room for move there: no job waits while any
+        cell has a usable node with room (within a tick). Bounded: at most ``limit`` moves."""
+        k = self.keys
+        actions: list[Action] = []
+        moved = 0
+        for other in range(self.cells):
+            if other == cell or not pairs or moved >= limit:
+                continue
+            probe = await self._cell("probe_cell", [k.deadlines(other)], pairs, ProbeReply)
+            for pair in probe.pairs:
+                while moved < limit:
+                    placed = await self._move(cell, pair, other)
+                    if placed is None:
+                        pairs = [p for p in pairs if p != pair]
+                        break
+                    actions += placed
+                    moved += 1
+                    if not placed:
+                        break
+        return actions
+
+    async def _move(self, cell: int, pair: str, other: int) -> list[Action] | None:
+        """Move the oldest job waiting in ``cell`` for ``pair`` to ``other``: None when nothing waits; []
+        when ``other`` had no room after all (the job waits again where it was)."""
+        k = self.keys
+        taken = await self._cell("take_waiting", [k.deadlines(cell)], [pair, other, MOVE_LEASE_MS], TakeReply)
+        if not taken.found:
+            return None
+        job = taken.job
+        job_id = job["job_id"]
+        adopted = await self._cell(
+            "adopt_job",
+            [k.deadlines(other), k.job(other, job_id)],
+            [
+                job_id,
+                job.get("attempt", "0"),
+                job.get("nodes", ""),
+                job["session"],
+                job["index"],
+                job["tgt"],
+                job["pair"],
+                job.get("pair2", ""),
+                job.get("turn", ""),
+                job.get("trace", ""),
+                job.get("owner", ""),
+                job.get("created_ms", "0"),
+                job.get("ttl", "60000"),
+                job.get("data", ""),
+            ],
+            AdoptReply,
+        )
+        if adopted.status == "no_room":
+            await self._finish(cell, job_id, "returned")
+            return []
+        await self._settle(job["session"], int(job["index"]), job["tgt"], job_id, cell, other, bool(job.get("owner")))
+        await self._finish(cell, job_id, "moved")
+        frame = job.get("data", "")
+        return [msgspec.structs.replace(a, frame=frame) if isinstance(a, Assign) else a for a in adopted.actions]
+
+    async def _finish_stale_move(self, cell: int, job_id: str, other: int) -> None:
+        """A move whose mover died: finish it by what the other cell holds."""
+        if await self.get_job(job_id, other, search=False) is None:
+            await self._finish(cell, job_id, "returned")
+            return
+        record = await self.get_job(job_id, cell, search=False)
+        if record is not None:
+            await self._settle(record.session, record.index, record.tgt, job_id, cell, other, bool(record.owner))
+        await self._finish(cell, job_id, "moved")
+
+    async def _finish(self, cell: int, job_id: str, how: str) -> None:
+        k = self.keys
+        await self._cell("finish_move", [k.deadlines(cell), k.job(cell, job_id)], [job_id, how], FinishReply)
+
+
+def _envelope(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope | None:
+    try:
+        envelope = msgspec.msgpack.decode(fields[b"e"], type=Envelope)
+    except (KeyError, msgspec.DecodeError) as exc:
+        log.warning("inbox entry %s cannot be decoded (%s); acknowledged and skipped", _s(entry_id), exc)
+        return None
+    if envelope.v != VERSION:
+        log.warning(
+            "inbox entry %s has version %s, not %s; acknowledged and skipped", _s(entry_id), envelope.v, VERSION
+        )
+        return None
+    return envelope
+
+
+def _node_record(node: str, cell: int, raw: dict[bytes, bytes], inflight: int) -> NodeRecord:
+    def get(name: str) -> bytes:
+        return raw.get(name.encode(), b"")
+
+    return NodeRecord(
+        node_id=node,
+        cell=cell,
+        instance=_s(get("instance")),
+        status=_s(get("status")),
+        capacity=int(get("cap") or 0),
+        inflight=inflight,
+        info=get("info"),
+        load=get("load"),
+        registered_ms=int(get("registered_ms") or 0),
+        heartbeat_ms=int(get("hb_ms") or 0),
+    )
+
+
+def assigned_node(actions: list[Action], job_id: str) -> str | None:
+    """The node the actions give the job to, if they do."""
+    return next((a.node for a in actions if isinstance(a, Assign) and a.job_id == job_id), None)

@@ -1,15 +1,17 @@
--- announce_instance: an instance says it is alive (its presence deadline moves on).
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] instance id   ARGV[10] presence window ms   ARGV[11] description (JSON) or '' to leave
--- Leaving ('' description) ends the presence now, so the next tick of any instance takes over
--- its nodes' attempts as it would a dead instance's; the work itself stays in the store.
-local inst = ARGV[9]
-if ARGV[11] == '' then
-  redis.call('ZADD', INSTANCES, NOW, inst)
-  redis.call('DEL', key('instance', inst))
-  return 0
+-- announce_instance: an instance says it is alive (its presence deadline moves on), or leaves.
+-- KEYS[1] the instances zset   KEYS[2] the instance's description   KEYS[3] the instance's node set
+-- ARGV[1] now, unix ms   ARGV[2] presence window ms   ARGV[3] description (JSON), or '' to leave
+-- ARGV[4] '1' on the instance's first announcement   ARGV[5] the instance id
+-- Reply {v, was_present}: false when the instance was not announced before this call although it had
+-- been (ARGV[4] '0'): another instance took it over. Leaving removes its presence at once: a clean stop
+-- has closed its sockets, so nothing is left to take over.
+local inst = ARGV[5]
+local was_present = redis.call('ZSCORE', KEYS[1], inst) ~= false
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], inst)
+  redis.call('DEL', KEYS[2], KEYS[3])
+  return cmsgpack.pack({v = 1, was_present = was_present})
 end
-redis.call('ZADD', INSTANCES, NOW + tonumber(ARGV[10]), inst)
-redis.call('SET', key('instance', inst), ARGV[11], 'PX', tonumber(ARGV[10]))
-return 1
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), inst)
+redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[2]))
+return cmsgpack.pack({v = 1, was_present = was_present or ARGV[4] == '1'})

@@ -1,28 +1,40 @@
 -- complete_job: a node's job_result for one attempt.
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] job id   ARGV[10] node id   ARGV[11] attempt id
--- ARGV[12] kind: completed | empty | failed | retry (a failure another node may not have)
--- ARGV[13] the raw job_result frame (kept as the outcome)
--- ARGV[14] ms to keep the node out of the job's pair after a retryable failure (0 = not at all)
--- ARGV[15] how many waiting jobs to try on the freed capacity
--- Returns {{'result', 'accepted'|'unknown'|'stale'|'resolved'}, action...}.
--- Accepted only for the job's current attempt from the node that holds it (DESIGN.md "Results"):
--- an earlier attempt's late answer is stale, even while the job is unresolved.
-local node, attempt, kind = ARGV[10], tonumber(ARGV[11]), ARGV[12]
-local j = load_job(ARGV[9])
-if not j then return {{'result', 'unknown'}} end
-if split(j.nodes)[attempt] ~= node then return {{'result', 'stale'}} end
-if j.state ~= 'dispatched' then return {{'result', 'resolved'}} end
-if j.attempt ~= attempt then return {{'result', 'stale'}} end
-local actions = {{'result', 'accepted'}}
-release(node, j.id)
-if kind == 'retry' then
-  local block_ms = tonumber(ARGV[14])
-  if block_ms > 0 then redis.call('SET', key('blocked', node, j.pair), '1', 'PX', block_ms) end
-  failover(j, 'failed', ARGV[13], actions, false)
-else
-  actions[#actions + 1] = resolve(j, kind, ARGV[13])
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the job record   KEYS[3] the node's job set
+-- ARGV[1..6] the common header (see _cell.lua)
+-- ARGV[7] job id   ARGV[8] node id   ARGV[9] attempt id
+-- ARGV[10] kind: completed | empty | failed | retry (a failure another node may not have)
+-- ARGV[11] the raw job_result frame (kept as the outcome)
+-- ARGV[12] ms to keep the node out of the job's pair after a retryable failure (0 = not at all)
+-- ARGV[13] how many waiting jobs to try on the freed capacity
+-- Reply {v, verdict = 'accepted'|'unknown'|'stale'|'resolved', actions}. Accepted only for the job's current
+-- attempt from the node that holds it (DESIGN.md "Results"): an earlier attempt's late answer is stale,
+-- even while the job is unresolved. The accepted outcome's action carries no detail (the caller has it).
+-- Idempotent: the same result again (a retry after a lost reply) is 'accepted' with the same outcome, or,
+-- for a retryable failure, with the assign of the attempt it moved to.
+local node, attempt, kind = ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local j = load_job(ARGV[7])
+if not j then return reply({verdict = 'unknown', actions = {}}) end
+if split(j.nodes)[attempt] ~= node then return reply({verdict = 'stale', actions = {}}) end
+local by = node .. ' ' .. attempt
+if redis.call('HGET', j.k, 'result_of') == by then
+  if j.state == 'dispatched' then
+    return reply({verdict = 'accepted', actions = {assign_action(j, instance_of(j.node), true)}})
+  end
+  return reply({verdict = 'accepted', actions = {outcome_action(j, j.state, nil)}})
 end
-drain(tonumber(ARGV[15]), actions)
-return actions
+if j.state ~= 'dispatched' then return reply({verdict = 'resolved', actions = {}}) end
+if j.attempt ~= attempt then return reply({verdict = 'stale', actions = {}}) end
+local actions = {}
+release(j)
+redis.call('HSET', j.k, 'result_of', by)
+local grp = j.ngrp
+if kind == 'retry' then
+  local block_ms = tonumber(ARGV[12])
+  if block_ms > 0 then redis.call('HSET', key('node', node), 'blocked:' .. j.pair, NOW + block_ms) end
+  failover(j, 'failed', ARGV[11], actions, false)
+  if actions[#actions].a == 'outcome' then actions[#actions].data = nil end
+else
+  actions[1] = resolve(j, kind, ARGV[11], false)
+end
+drain(grp, tonumber(ARGV[13]), actions)
+return reply({verdict = 'accepted', actions = actions})

@@ -1,38 +1,57 @@
--- create_job: create-or-get the job of one slot (session, index, tgt) and, when it is new, place it.
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] session id   ARGV[10] utterance index   ARGV[11] target language
--- ARGV[12] proposed job id   ARGV[13] pair "src:tgt" ("" = none eligible)   ARGV[14] reverse pair
---          that a two-way job also needs ("" = none)   ARGV[15] turn id   ARGV[16] trace id
--- ARGV[17] owner instance id ("" = nobody delivers: an HTTP API job)
--- ARGV[18] the job_assign frame after its attempt id (audio included; stored once)
--- ARGV[19] ms to keep the record (and its outcome) once resolved
--- Returns {{'job', 'created'|'existing', job_id, state}, action...}; actions as in _lib.lua
--- ('assign' when placed at once). A job with no usable node waits in PENDING.
-local session, index, tgt = ARGV[9], ARGV[10], ARGV[11]
-local slot = key('slot', session, index, tgt)
-local existing = redis.call('GET', slot)
-if existing then
-  local state = redis.call('HGET', key('job', existing), 'state') or 'expired'
-  return {{'job', 'existing', existing, state}}
+-- create_job: create-or-get the job of one slot (session, index, tgt) and place it in this cell.
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the job record
+-- KEYS[3] the slot binding, KEYS[4] the session's job index (both in the session's home cell; given with
+--         the modes 'bind' and 'reserve' only, when this is the home cell)
+-- ARGV[1..6] the common header (see _cell.lua)
+-- ARGV[7] session id   ARGV[8] utterance index   ARGV[9] target language   ARGV[10] proposed job id
+-- ARGV[11] pair "src:tgt" ("" = none eligible)   ARGV[12] reverse pair a two-way job also needs ("" = none)
+-- ARGV[13] turn id   ARGV[14] trace id   ARGV[15] owner instance ("" = an HTTP API job: nobody delivers)
+-- ARGV[16] the job_assign frame after its attempt id (audio included; stored once)
+-- ARGV[17] ms to keep the record (and its outcome) once resolved
+-- ARGV[18] mode: 'bind' (this is the home cell: create-or-get the slot here, then place the job here),
+--          'reserve' (create-or-get the slot only: a preferred node is in another cell) or 'bound' (the home
+--          cell bound the slot to this job already; create the record here)
+-- ARGV[19] '1': place it now or store nothing (reply 'no_room'); '0': wait here if no node has room
+-- ARGV[20] this cell's number   ARGV[21..] preferred nodes, in order (turn node, session node)
+-- Reply {v, status = 'created'|'existing'|'no_room', job_id, cell, state, actions}. 'existing': the slot
+-- is bound to job_id in cell `cell` (-1 while its home cell has not placed it). 'assign' actions carry no
+-- frame: the caller sent it. Keys of the chosen node are built from KEYS[1]'s tag (see _cell.lua).
+local jk, slot, index_key = KEYS[2], KEYS[3], KEYS[4]
+local job_id, owner, cell = ARGV[10], ARGV[15], tonumber(ARGV[20])
+if ARGV[18] ~= 'bound' then
+  local existing = redis.call('SET', slot, job_id .. '@' .. cell, 'NX', 'GET', 'PX', BINDING_TTL)
+  if existing then
+    local id, at = string.match(existing, '^(.*)@(-?%d+)$')
+    local state = ''
+    if tonumber(at) == cell then state = redis.call('HGET', key('job', id), 'state') or 'expired' end
+    return reply({status = 'existing', job_id = id, cell = tonumber(at), state = state, actions = {}})
+  end
+  if owner ~= '' then  -- a session's job: indexed so that a resumed session finds what it missed
+    redis.call('ZADD', index_key, tonumber(ARGV[8]), job_id .. '@' .. cell)
+    redis.call('PEXPIRE', index_key, BINDING_TTL)
+  end
+  if ARGV[18] == 'reserve' then
+    return reply({status = 'no_room', job_id = job_id, cell = cell, state = '', actions = {}})
+  end
 end
-local job_id = ARGV[12]
-local jk = key('job', job_id)
-redis.call('SET', slot, job_id, 'PX', BINDING_TTL)
-redis.call('HSET', jk, 'state', 'pending', 'attempt', 0, 'nodes', '', 'node', '', 'session', session,
-           'index', index, 'tgt', tgt, 'pair', ARGV[13], 'pair2', ARGV[14], 'turn', ARGV[15],
-           'trace', ARGV[16], 'owner', ARGV[17], 'created_ms', NOW, 'dispatched_ms', '', 'frame', ARGV[18],
-           'ttl', ARGV[19], 'seq', redis.call('INCR', key('seq')))
+local j = {id = job_id, k = jk, state = 'new', attempt = 0, nodes = '', node = '', session = ARGV[7],
+           index = ARGV[8], tgt = ARGV[9], pair = ARGV[11], pair2 = ARGV[12], turn = ARGV[13], trace = ARGV[14],
+           owner = owner, created_ms = NOW, dispatched_ms = '', ttl = ARGV[17], seq = ''}
+local prefer = {}
+for i = 21, #ARGV do prefer[#prefer + 1] = ARGV[i] end
+local chosen = pick(j, prefer)
+if not chosen and ARGV[19] == '1' then
+  return reply({status = 'no_room', job_id = job_id, cell = cell, state = '', actions = {}})
+end
+local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.pair, 'pair2', j.pair2,
+                'turn', j.turn, 'trace', j.trace, 'owner', owner, 'created_ms', NOW, 'ttl', j.ttl,
+                'data', ARGV[16]}
+local actions = {}
+if chosen then
+  actions[1] = assign(j, chosen, false, record)
+else
+  redis.call('HSET', jk, 'attempt', 0, 'nodes', '', unpack(record))
+  make_pending(j)
+end
 redis.call('PEXPIRE', jk, BINDING_TTL)
-if ARGV[17] ~= '' then  -- a session's job: indexed so that a resumed session finds what it missed
-  local index_key = key('session', session, 'jobs')
-  redis.call('ZADD', index_key, tonumber(index), job_id)
-  redis.call('PEXPIRE', index_key, BINDING_TTL)
-end
-local j = load_job(job_id)
-local node = pick(j)
-if node then
-  return {{'job', 'created', job_id, 'dispatched'}, assign(j, node)}
-end
-make_pending(j)
-return {{'job', 'created', job_id, 'pending'}}
+return reply({status = 'created', job_id = job_id, cell = cell, state = j.state, actions = actions})

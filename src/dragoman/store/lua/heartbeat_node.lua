@@ -1,25 +1,30 @@
--- heartbeat_node: a node's heartbeat on its registered socket. Renews liveness, replaces its pools
--- (the directed pairs it serves) and capacity, then places waiting jobs that it can take.
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] node id   ARGV[10] connection token   ARGV[11] pairs, space-separated "src:tgt"
--- ARGV[12] capacity   ARGV[13] load figures (JSON, for the HTTP views)   ARGV[14] liveness window ms
--- ARGV[15] how many waiting jobs to try
--- Returns {{'heartbeat', 'ok'|'unknown'}, action...}. 'unknown': the socket does not hold the node.
-local node = ARGV[9]
-local nk = key('node', node)
-if redis.call('HGET', nk, 'conn') ~= ARGV[10] then return {{'heartbeat', 'unknown'}} end
-local new = {}
-for _, pair in ipairs(split(ARGV[11])) do new[pair] = true end
-for _, pair in ipairs(split(redis.call('HGET', nk, 'pairs'))) do
-  if not new[pair] then redis.call('ZREM', key('pool', pair), node) end
+-- heartbeat_node: a node's heartbeat on its registered socket. Renews liveness, puts the node in the
+-- capability group of the pairs it serves, recomputes its load, then places waiting jobs it can take.
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the node record   KEYS[3] the node's job set
+-- ARGV[1..6] the common header (see _cell.lua)
+-- ARGV[7] node id   ARGV[8] connection token   ARGV[9] group id (a digest of the pairs; '' = none)
+-- ARGV[10] the pairs, space-separated "src:tgt" (read only when the group is new)   ARGV[11] capacity
+-- ARGV[12] load figures (JSON, for the HTTP views)   ARGV[13] liveness window ms
+-- ARGV[14] how many waiting jobs to try
+-- Reply {v, ok, actions}; ok false: the socket does not hold the node. Unchanged languages cost O(1);
+-- a new group costs O(pairs) once, when its first node joins.
+local node, nk, grp = ARGV[7], KEYS[2], ARGV[9]
+local v = redis.call('HMGET', nk, 'conn', 'grp')
+if v[1] ~= ARGV[8] then return reply({ok = false, actions = {}}) end
+local old = v[2] or ''
+if old ~= grp then leave_group(node, old) end
+if grp ~= '' then
+  local gk = key('grp', grp)
+  if redis.call('EXISTS', gk .. ':pairs') == 0 then
+    redis.call('SET', gk .. ':pairs', ARGV[10])
+    for _, pair in ipairs(split(ARGV[10])) do redis.call('SADD', key('pair', pair), grp) end
+  end
+  redis.call('ZADD', gk, redis.call('SCARD', KEYS[3]) * unit(ARGV[11]), node)
 end
-redis.call('HSET', nk, 'pairs', ARGV[11], 'cap', ARGV[12], 'load', ARGV[13], 'hb_ms', NOW,
-           'status', ARGV[11] == '' and 'registering' or 'ready')
+redis.call('HSET', nk, 'grp', grp, 'cap', ARGV[11], 'load', ARGV[12], 'hb_ms', NOW,
+           'status', grp == '' and 'registering' or 'ready')
 redis.call('PEXPIRE', nk, BINDING_TTL)
-redis.call('ZADD', LIVE, NOW + tonumber(ARGV[14]), node)
-for pair in pairs(new) do redis.call('ZADD', key('pool', pair), 'NX', 0, node) end
-rescore(node)
-local actions = {{'heartbeat', 'ok'}}
-drain(tonumber(ARGV[15]), actions)
-return actions
+redis.call('ZADD', LIVE, NOW + tonumber(ARGV[13]), node)
+local actions = {}
+drain(grp, tonumber(ARGV[14]), actions)
+return reply({ok = true, actions = actions})

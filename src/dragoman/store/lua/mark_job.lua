@@ -1,11 +1,11 @@
 -- mark_job: a node's job_ack or job_started for one attempt.
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] job id   ARGV[10] node id   ARGV[11] attempt id   ARGV[12] mark: accepted | running
--- Returns {session, owner} when the attempt is the job's current, unresolved one; else {}.
-local j = load_job(ARGV[9])
-if not j or j.state ~= 'dispatched' or j.node ~= ARGV[10] or j.attempt ~= tonumber(ARGV[11]) then
-  return {}
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the job record
+-- ARGV[1..6] the common header (see _cell.lua)
+-- ARGV[7] job id   ARGV[8] node id   ARGV[9] attempt id   ARGV[10] mark: accepted | running
+-- Reply {v, found, session, owner}: found when the attempt is the job's current, unresolved one.
+local j = load_job(ARGV[7])
+if not j or j.state ~= 'dispatched' or j.node ~= ARGV[8] or j.attempt ~= tonumber(ARGV[9]) then
+  return reply({found = false})
 end
-redis.call('HSET', j.k, 'mark', ARGV[12])
-return {j.session, owner_of(j)}
+redis.call('HSET', j.k, 'mark', ARGV[10])
+return reply({found = true, session = j.session, owner = j.owner})

@@ -1,26 +1,22 @@
 -- register_node: bind a node id to a new socket. It gets no job before its first heartbeat.
--- KEYS[1]  the deadlines zset (names the scheduling hash slot)
--- ARGV[1..8] the common header (see _lib.lua)
--- ARGV[9] node id   ARGV[10] connection token   ARGV[11] instance id   ARGV[12] capacity
--- ARGV[13] node description (JSON, for the HTTP views)   ARGV[14] liveness window ms
--- Returns {previous connection token or '', previous instance or ''}: a socket it replaces.
--- The node keeps its unresolved attempts: a reconnected node may still deliver their results.
-local node = ARGV[9]
-local nk = key('node', node)
-local prev = redis.call('HMGET', nk, 'conn', 'instance')
-for _, pair in ipairs(split(redis.call('HGET', nk, 'pairs'))) do
-  redis.call('ZREM', key('pool', pair), node)
-end
-if prev[2] and prev[2] ~= ARGV[11] then redis.call('SREM', key('instance', prev[2], 'nodes'), node) end
-redis.call('HSET', nk, 'conn', ARGV[10], 'instance', ARGV[11], 'cap', ARGV[12], 'info', ARGV[13],
-           'registered_ms', NOW, 'hb_ms', NOW, 'status', 'registering', 'pairs', '')
-redis.call('HSETNX', nk, 'inflight', 0)
-local grace = NOW + tonumber(ARGV[15])
-for _, job_id in ipairs(redis.call('SMEMBERS', key('node', node, 'jobs'))) do
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the node record   KEYS[3] the node's job set
+-- ARGV[1..6] the common header (see _cell.lua)
+-- ARGV[7] node id   ARGV[8] connection token   ARGV[9] instance id   ARGV[10] capacity
+-- ARGV[11] node description (JSON, for the HTTP views)   ARGV[12] liveness window ms
+-- ARGV[13] reconnect grace ms
+-- Reply {v, previous_conn, previous_instance}: the socket it replaces ('' when none).
+-- The node keeps its unresolved attempts (a reconnected node may still answer them), but their deadlines
+-- come forward to the reconnect grace: lingua's node drops results whose socket closed (N8).
+local node, nk = ARGV[7], KEYS[2]
+local prev = redis.call('HMGET', nk, 'conn', 'instance', 'grp')
+leave_group(node, prev[3] or '')
+redis.call('HSET', nk, 'conn', ARGV[8], 'instance', ARGV[9], 'cap', ARGV[10], 'info', ARGV[11],
+           'registered_ms', NOW, 'hb_ms', NOW, 'status', 'registering', 'grp', '')
+local grace = NOW + tonumber(ARGV[13])
+for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local due = tonumber(redis.call('ZSCORE', DEADLINES, job_id))
   if due and due > grace then redis.call('ZADD', DEADLINES, grace, job_id) end
 end
 redis.call('PEXPIRE', nk, BINDING_TTL)
-redis.call('SADD', key('instance', ARGV[11], 'nodes'), node)
-redis.call('ZADD', LIVE, NOW + tonumber(ARGV[14]), node)
-return {prev[1] or '', prev[2] or ''}
+redis.call('ZADD', LIVE, NOW + tonumber(ARGV[12]), node)
+return reply({previous_conn = prev[1] or '', previous_instance = prev[2] or ''})

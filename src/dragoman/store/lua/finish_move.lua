@@ -1,0 +1,17 @@
+-- finish_move: the end of a move (step 3). 'moved': the other cell placed the job, so its record here
+-- goes; 'returned': it did not, so the job waits here again, in its place in the queue.
+-- KEYS[1] the cell's deadlines zset   KEYS[2] the job record
+-- ARGV[1..6] the common header (see _cell.lua)   ARGV[7] job id   ARGV[8] 'moved' | 'returned'
+-- Reply {v, done}: false when the job was not moving (another instance finished the move already).
+local j = load_job(ARGV[7])
+if not j or j.state ~= 'moving' then return reply({done = false}) end
+if ARGV[8] == 'moved' then
+  redis.call('DEL', j.k)
+  redis.call('ZREM', DEADLINES, j.id)
+else
+  local until_ms = tonumber(redis.call('HGET', j.k, 'pending_until')) or NOW
+  make_pending(j)
+  redis.call('ZADD', DEADLINES, math.max(until_ms, NOW), j.id)
+  redis.call('HDEL', j.k, 'move_to', 'pending_until')
+end
+return reply({done = true})
