@@ -74,7 +74,7 @@ class Scheduler:
         await self._announce()
         self._tasks = [
             asyncio.create_task(self._consume_inbox(), name="inbox"),
-            asyncio.create_task(self._every(0.1, self._flush_delivered), name="delivered"),
+            asyncio.create_task(self._every(0.1, self._flush_delivered, proves_store=False), name="delivered"),
             asyncio.create_task(self._every(self.settings.instance_ttl_ms / 3000, self._announce), name="announce"),
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
@@ -95,7 +95,9 @@ class Scheduler:
         with contextlib.suppress(Exception):
             await self.store.leave(self.instance_id)
 
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]], proves_store: bool = True) -> None:
+        """Run ``job`` every ``seconds``. A job that may return without calling the store (``proves_store``
+        False) does not count as the store being reachable again, so health does not flap during an outage."""
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -105,9 +107,9 @@ class Scheduler:
             except Exception:
                 log.exception("periodic %s failed", getattr(job, "__name__", job))
             else:
-                if not self.store_healthy:
+                if proves_store and not self.store_healthy:
                     log.warning("store reachable again")
-                self.store_healthy = True
+                    self.store_healthy = True
 
     def store_failed(self, exc: BaseException) -> None:
         """Note an unreachable store: /health answers 503 until the next periodic call succeeds."""

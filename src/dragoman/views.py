@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dragoman.http_api import store_guarded
 from dragoman.scheduler import Scheduler
 
 _SERVICE_TYPES = {"asr", "nmt", "tts", "tone", "semantic", "phonetic", "punctuation"}
@@ -198,4 +199,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             }
         )
 
-    return [Route("/api/v1/stats", stats), Route("/api/v1/cluster", cluster)]
+    return [
+        Route("/api/v1/stats", store_guarded(scheduler, stats)),
+        Route("/api/v1/cluster", store_guarded(scheduler, cluster)),
+    ]
