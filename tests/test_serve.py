@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import free_port
 from peers import LinguaNode, pcm16
@@ -108,3 +110,54 @@ async def test_restart_keeps_unfinished_jobs_and_they_carry_on(data_dir: Path) -
             await fresh.result(retry, text_translated="survived")
             done = (await http.get(f"/api/v1/jobs/{created['job_id']}", params={"wait": 5})).json()
             assert done["status"] == "completed" and done["result"]["text_translated"] == "survived"
+
+
+def serve_once(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``dragoman serve`` with these arguments, expected to give up by itself."""
+    command = [sys.executable, "-m", "dragoman", "serve", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "cause"),
+    [
+        ("redis://127.0.0.1:{free}", "Connection refused"),  # unreachable
+        ("redis://127.0.0.1:notaport", "Port could not be cast"),  # malformed
+        ("http://127.0.0.1:{free}", "unsupported"),  # not a store's scheme
+        ("localhost:6379", "unsupported"),  # no scheme at all
+    ],
+)
+def test_a_store_url_that_cannot_be_used_is_one_line_naming_the_setting(url: str, cause: str, data_dir: Path) -> None:
+    url = url.format(free=free_port())
+    done = serve_once("--port", str(free_port()), "--redis-url", url, "--data-dir", str(data_dir))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("dragoman: redis_url "), done.stderr
+    assert cause in done.stderr and "serving" not in done.stdout
+
+
+def test_a_password_in_the_store_url_is_not_printed(data_dir: Path) -> None:
+    done = serve_once("--port", str(free_port()), "--redis-url", f"redis://me:s3cret@127.0.0.1:{free_port()}")
+    assert done.returncode == 1 and "s3cret" not in done.stderr and "me:***@" in done.stderr
+
+
+def test_a_busy_port_is_one_line_and_no_banner(data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve_once("--port", str(port), "--data-dir", str(data_dir))
+    assert done.returncode == 1
+    assert done.stderr == f"dragoman: port {port}: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert "serving" not in done.stdout
+    assert not (data_dir / "appendonlydir").exists()  # it failed before starting the embedded store
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "0", "-1"])
+def test_a_port_out_of_range_is_refused_naming_the_setting(port: str, data_dir: Path) -> None:
+    done = serve_once(f"--port={port}", "--data-dir", str(data_dir), timeout=30)
+    assert done.returncode == 2
+    assert done.stderr == f"dragoman: port: must be 1-65535, got {port}\n"
+    env = os.environ | {"DRAGOMAN_PORT": port}
+    command = [sys.executable, "-m", "dragoman", "serve", "--data-dir", str(data_dir)]
+    by_env = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert by_env.returncode == 2 and "port: must be 1-65535" in by_env.stderr
