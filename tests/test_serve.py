@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from conftest import free_port
@@ -28,6 +30,7 @@ async def serve(data_dir: Path, port: int, **env: str) -> AsyncIterator[subproce
         stderr=subprocess.STDOUT,
         text=True,
         env=os.environ | env,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job has
     )
     try:
         async with httpx.AsyncClient() as http:
@@ -161,3 +164,50 @@ def test_a_port_out_of_range_is_refused_naming_the_setting(port: str, data_dir: 
     command = [sys.executable, "-m", "dragoman", "serve", "--data-dir", str(data_dir)]
     by_env = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert by_env.returncode == 2 and "port: must be 1-65535" in by_env.stderr
+
+
+async def test_ctrl_c_in_a_terminal_stops_the_embedded_store_once_and_in_order(data_dir: Path) -> None:
+    port = free_port()
+    async with serve(data_dir, port) as process:
+        os.killpg(process.pid, signal.SIGINT)  # what a Ctrl-C does: SIGINT to the whole foreground process group
+        code = await asyncio.to_thread(process.wait, 20)
+        output = process.stdout.read() if process.stdout else ""
+    assert code == 0, output
+    assert "exited" not in output and "restarting" not in output, output
+    # The store got no SIGINT of its own: it ran until dragoman, done with it, stopped it with SIGTERM.
+    store_log = (data_dir / "valkey.log").read_text()
+    assert "Received SIGTERM" in store_log and "SIGINT" not in store_log, store_log[-2000:]
+
+
+async def test_the_embedded_store_is_not_restarted_once_the_shutdown_began(data_dir: Path) -> None:
+    port = free_port()
+    body = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(200)).decode()}
+    async with serve(data_dir, port) as process, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        job_id = (await http.post("/api/v1/jobs", json=body)).json()["job_id"]  # no node: it waits
+        # A long-poll in flight holds the graceful shutdown open (for up to 5 s).
+        poll = asyncio.create_task(http.get(f"/api/v1/jobs/{job_id}", params={"wait": 30}))
+        [store] = psutil.Process(process.pid).children()
+        await asyncio.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)  # the shutdown has begun
+        store.kill()
+        code = await asyncio.to_thread(process.wait, 20)
+        output = process.stdout.read() if process.stdout else ""
+        with contextlib.suppress(httpx.HTTPError):
+            await poll
+    assert code == 0, output
+    assert "restarting" not in output, output
+
+
+async def test_after_a_clean_stop_the_next_start_has_nothing_to_take_over(data_dir: Path) -> None:
+    port = free_port()
+    async with serve(data_dir, port) as first, LinguaNode(f"ws://127.0.0.1:{port}/ws/node") as node:
+        await node.start()  # a node on it until the stop closes its socket
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.wait, 20) == 0
+    async with serve(data_dir, port, DRAGOMAN_TICK_INTERVAL_MS="50") as second:
+        await asyncio.sleep(1.0)  # many ticks of the new instance
+        second.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(second.wait, 20)
+        output = second.stdout.read() if second.stdout else ""
+    assert "is gone" not in output and "taking over" not in output, output

@@ -105,9 +105,15 @@ async def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
         )
         server = UvicornServer(config)
+
+        def shut_down() -> None:
+            server.should_exit = True
+            if supervisor is not None:
+                supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, shut_down)
         base = f"{settings.host}:{settings.port}"
         print(
             f"Dragoman {scheduler.instance_id} serving\n"

@@ -97,7 +97,11 @@ class EmbeddedStore:
         return self.url
 
     async def _launch(self, timeout: float = 15.0) -> None:
-        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+        # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground process group) stops dragoman,
+        # which stops the server in order, instead of reaching the server directly mid-shutdown.
+        self._process = subprocess.Popen(  # noqa: ASYNC220
+            self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -121,7 +125,8 @@ class EmbeddedStore:
 
     async def supervise(self) -> None:
         """Restart the server whenever it exits on its own: it reloads its append-only file, so the jobs
-        in it carry on. Runs until cancelled (``stop`` cancels nothing; cancel this task first)."""
+        in it carry on. Runs until cancelled (``stop`` cancels nothing; cancel this task first, as soon as
+        the shutdown begins, so that an exit during the shutdown is not taken for a crash)."""
         delay = 0.5
         while True:
             process = self._process

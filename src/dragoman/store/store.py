@@ -431,7 +431,10 @@ class Store:
         await self._call("announce_instance", instance, self.settings.instance_ttl_ms, description)
 
     async def leave(self, instance: str) -> None:
-        await self._call("announce_instance", instance, self.settings.instance_ttl_ms, "")
+        """End the instance's presence. With no nodes left (a clean stop) it is removed at once, and its inbox
+        with it: what the inbox holds is for sockets that are closed, and no instance needs to take it over."""
+        if await self._call("announce_instance", instance, self.settings.instance_ttl_ms, ""):
+            await self.client.delete(self.inbox_key(instance))
 
     async def instances(self) -> list[dict[str, Any]]:
         """Every instance that announced itself and is not yet taken over, with its description."""
