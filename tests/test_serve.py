@@ -211,3 +211,37 @@ async def test_after_a_clean_stop_the_next_start_has_nothing_to_take_over(data_d
         await asyncio.to_thread(second.wait, 20)
         output = second.stdout.read() if second.stdout else ""
     assert "is gone" not in output and "taking over" not in output, output
+
+
+async def test_a_store_left_running_by_a_killed_serve_is_stopped_by_the_next(data_dir: Path) -> None:
+    port = free_port()
+    async with serve(data_dir, port) as first:
+        [orphan] = psutil.Process(first.pid).children()
+        first.kill()  # SIGKILL: no chance to stop its store
+        first.wait(10)
+    try:
+        assert orphan.is_running()
+        async with serve(data_dir, port) as second:
+            assert not orphan.is_running()  # stopped before the new store started
+            [store] = psutil.Process(second.pid).children()
+            assert store.pid != orphan.pid
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(second.wait, 20) == 0
+            output = second.stdout.read() if second.stdout else ""
+        assert f"stopping valkey-server {orphan.pid}, left running on" in output
+    finally:
+        with contextlib.suppress(psutil.Error):
+            orphan.kill()
+
+
+async def test_a_closed_terminal_stops_serve_and_its_store(data_dir: Path) -> None:
+    async with serve(data_dir, free_port()) as process:
+        [store] = psutil.Process(process.pid).children()
+        process.send_signal(signal.SIGHUP)  # the store, in its own session, gets no SIGHUP of its own
+        code = await asyncio.to_thread(process.wait, 20)
+    try:
+        assert code == 0
+        assert not store.is_running()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            store.kill()

@@ -112,7 +112,7 @@ async def serve(settings: Settings) -> None:
                 supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
             loop.add_signal_handler(sig, shut_down)
         base = f"{settings.host}:{settings.port}"
         print(
