@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from dragoman.store import JobRecord
+
 from conftest import StartDragoman
 from peers import LinguaNode, pcm16
 
@@ -102,3 +104,36 @@ async def test_openapi_document_describes_the_api(dragoman: StartDragoman) -> No
     assert set(doc["paths"]) == {"/api/v1/jobs", "/api/v1/jobs/{job_id}"}
     request = doc["components"]["schemas"]["JobRequest"]
     assert {"src_lang", "tgt_lang", "audio"} <= set(request["required"])
+
+
+async def test_an_outcome_landing_while_the_long_poll_reads_the_job_wakes_it(dragoman: StartDragoman) -> None:
+    """The race of a long-poll, made deterministic: the job is read (still dispatched), and its outcome is
+    delivered before that read returns. The poll's waiter must already be registered then, so the outcome
+    wakes it; a waiter registered after the read is woken by nobody and only the 1 s re-read saves it."""
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, httpx.AsyncClient(base_url=d.http) as http:
+        await node.start()
+        job_id = (await http.post("/api/v1/jobs", json=job_body())).json()["job_id"]
+        job = await node.next_job()
+
+        waiters: list[asyncio.Future[None]] = []
+        wait_for, get_job = d.scheduler.wait_for, d.store.get_job
+
+        def recording_wait_for(wanted: str) -> asyncio.Future[None]:
+            waiters.append(wait_for(wanted))
+            return waiters[-1]
+
+        async def read_then_outcome(wanted: str) -> JobRecord | None:
+            record = await get_job(wanted)
+            if record is not None and record.state == "dispatched":
+                delivered = wait_for(wanted)
+                await node.result(job, text_translated="hello")
+                await asyncio.wait_for(delivered, 10)  # the outcome reached this instance
+            return record
+
+        d.scheduler.wait_for = recording_wait_for  # type: ignore[method-assign]
+        d.store.get_job = read_then_outcome  # type: ignore[method-assign]
+        status = (await http.get(f"/api/v1/jobs/{job_id}", params={"wait": 30})).json()
+        assert status["status"] == "completed"
+        first = waiters[0]
+        assert first.done() and not first.cancelled(), "the outcome woke nobody: the poll waited for its re-read"

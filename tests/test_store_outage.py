@@ -4,16 +4,21 @@ accepted is lost, and the instance resumes by itself."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as redis
 
 from dragoman.store.embedded import EmbeddedStore
 
 from conftest import start_dragoman
-from peers import LinguaNode, LinguaWebClient, voiced_chunk
+from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk
+
+JOB = {"src_lang": "zh", "tgt_lang": "en", "audio": base64.b64encode(pcm16(200)).decode()}
 
 
 @pytest.fixture
@@ -129,4 +134,65 @@ async def test_outage_longer_than_the_timeouts_still_gives_one_outcome(own_store
             [after] = await client.outcomes(1)
             assert after["type"] == "translation_result" and after["utterance_index"] == 1
     finally:
+        await d.stop()
+
+
+async def every_http_route_answers(http: httpx.AsyncClient, job_id: str) -> dict[str, int]:
+    routes = {
+        "POST /api/v1/jobs": http.post("/api/v1/jobs", json=JOB),
+        "GET /api/v1/jobs/{id}": http.get(f"/api/v1/jobs/{job_id}"),
+        "GET /api/v1/jobs/{id}?wait": http.get(f"/api/v1/jobs/{job_id}", params={"wait": 1}),
+        "GET /api/v1/cluster": http.get("/api/v1/cluster"),
+        "GET /api/v1/stats": http.get("/api/v1/stats"),
+    }
+    answers = {}
+    for route, call in routes.items():
+        response = await call
+        answers[route] = response.status_code
+        if response.status_code == 503:
+            body = response.json()
+            assert body["error"] == "SCHEDULER_DEPENDENCY_DOWN" and body["message"], (route, body)
+    return answers
+
+
+async def test_http_api_answers_503_json_while_the_store_is_down_and_logs_it_once(
+    own_store: EmbeddedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = await start_dragoman(own_store.url, tick_interval_ms=50)
+    try:
+        async with httpx.AsyncClient(base_url=d.http) as http:
+            job_id = (await http.post("/api/v1/jobs", json=JOB)).json()["job_id"]
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                await own_store.stop()
+                await until_health(http, 503)
+                for _ in range(3):
+                    assert set((await every_http_route_answers(http, job_id)).values()) == {503}
+                await asyncio.sleep(1.0)  # the periodic jobs keep failing meanwhile
+                assert await health(http) == 503
+                await own_store.start()
+                await until_health(http, 200)
+                assert set((await every_http_route_answers(http, job_id)).values()) <= {200, 202}
+            messages = [r.getMessage() for r in caplog.records]
+            assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+            assert sum(m.startswith("store unavailable") for m in messages) == 1, messages
+            assert messages.count("store reachable again") == 1, messages
+    finally:
+        await d.stop()
+
+
+async def test_http_api_answers_503_while_the_store_refuses_writes(own_store: EmbeddedStore) -> None:
+    d = await start_dragoman(own_store.url)
+    admin = redis.Redis.from_url(own_store.url)
+    try:
+        async with httpx.AsyncClient(base_url=d.http) as http:
+            await admin.config_set("maxmemory", "1")  # every write is refused: OOM
+            try:
+                refused = await http.post("/api/v1/jobs", json=JOB)
+            finally:
+                await admin.config_set("maxmemory", "0")
+            assert refused.status_code == 503 and refused.json()["error"] == "SCHEDULER_DEPENDENCY_DOWN"
+            assert (await http.post("/api/v1/jobs", json=JOB)).status_code == 202
+    finally:
+        await admin.aclose()
         await d.stop()

@@ -60,15 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    from dragoman.server import serve
+    from dragoman.server import StartupError, serve
 
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
             runner.run(serve(settings))
-    except EmbeddedStoreError as exc:
-        print(f"dragoman: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (StartupError, EmbeddedStoreError, OSError) as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -121,6 +121,8 @@ def load_settings(
         if value is not None:
             values[name] = _coerce(name, value)
     settings = Settings(**values)
+    if not 1 <= settings.port <= 65535:
+        raise ConfigError(f"port: must be 1-65535, got {settings.port}")
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -26,6 +28,7 @@ from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.scheduler import Scheduler
 from dragoman.store import JobRecord, JobSpec
+from dragoman.store_errors import store_unavailable
 
 MAX_WAIT_S = 60.0
 AUDIO_FORMATS = ("opus", "pcm16")
@@ -58,6 +61,28 @@ class JobStatus(msgspec.Struct, omit_defaults=True):
     node_id: str | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def store_guarded(scheduler: Scheduler, endpoint: Endpoint) -> Endpoint:
+    """The endpoint, answering ``503 SCHEDULER_DEPENDENCY_DOWN`` while the store is unavailable instead of a
+    500 with a traceback; the scheduler logs the outage once, and ``/health`` answers 503 until it ends."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
+            scheduler.store_failed(exc)
+            response = _problem(503, "SCHEDULER_DEPENDENCY_DOWN", "the store is unavailable; retry later")
+            response.headers["Retry-After"] = "1"
+            return response
+
+    return guarded
 
 
 def _problem(status: int, error: str, message: str, field: str | None = None) -> JSONResponse:
@@ -150,10 +175,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             body=p.assign_body(assign),
             result_ttl_ms=settings.api_result_ttl_ms,
         )
-        try:
-            created = await scheduler.create_job(spec)
-        except Exception as exc:
-            return _problem(503, "SCHEDULER_DEPENDENCY_DOWN", f"the store is unavailable: {exc}")
+        created = await scheduler.create_job(spec)
         headers = {"Location": f"/api/v1/jobs/{created.job_id}"}
         if created.status == "existing":
             headers["Idempotent-Replayed"] = "true"
@@ -170,22 +192,27 @@ def routes(scheduler: Scheduler) -> list[Route]:
         wait = min(wait, MAX_WAIT_S)
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
-            record = await store.get_job(job_id)
-            if record is None:
-                return _problem(404, "not_found", f"no job {job_id}")
-            remaining = deadline - time.monotonic()
-            if record.resolved or remaining <= 0:
-                return Response(msgspec.json.encode(_status(record)), media_type="application/json")
-            # Woken by this instance's outcome, or re-read each second for one resolved elsewhere.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(scheduler.wait_for(job_id), timeout=min(remaining, 1.0))
+            # Waiting before reading: an outcome that lands while the job is read still wakes this poll.
+            woken = scheduler.wait_for(job_id)
+            try:
+                record = await store.get_job(job_id)
+                if record is None:
+                    return _problem(404, "not_found", f"no job {job_id}")
+                remaining = deadline - time.monotonic()
+                if record.resolved or remaining <= 0:
+                    return Response(msgspec.json.encode(_status(record)), media_type="application/json")
+                # Woken by this instance's outcome, or re-read each second for one resolved elsewhere.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, timeout=min(remaining, 1.0))
+            finally:
+                woken.cancel()  # no longer waited for: forgotten by the scheduler
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
     return [
-        Route("/api/v1/jobs", create_job, methods=["POST"]),
-        Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/api/v1/jobs", store_guarded(scheduler, create_job), methods=["POST"]),
+        Route("/api/v1/jobs/{job_id}", store_guarded(scheduler, get_job), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
 
@@ -298,7 +325,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "the job",
                             "content": {"application/json": {"schema": status_schema}},
                         },
-                        **errors(404, 422),
+                        **errors(404, 422, 503),
                     },
                 }
             },

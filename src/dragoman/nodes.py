@@ -15,8 +15,8 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
-from dragoman.scheduler import STORE_DOWN
 from dragoman.store import Outcome, Partial
+from dragoman.store_errors import store_unavailable
 
 if TYPE_CHECKING:
     from dragoman.scheduler import Scheduler
@@ -107,7 +107,9 @@ class NodeLink:
             await self.scheduler.store.register_node(
                 node_id, self.conn_token, self.scheduler.instance_id, capacity, info
             )
-        except STORE_DOWN as exc:
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
             # Without the store the node cannot be scheduled: close, and it registers again after its backoff.
             self.scheduler.store_failed(exc)
             self.conn.close(1011)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar, assert_never
 
 import msgspec
-from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ResponseError
 
 from dragoman import __version__, metrics
 from dragoman import protocol as p
@@ -39,16 +39,16 @@ from dragoman.store import (
     Routed,
     Store,
 )
+from dragoman.store_errors import store_unavailable
 
 if TYPE_CHECKING:
     from dragoman.nodes import NodeLink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STORE_DOWN", "Connection", "Scheduler"]
+__all__ = ["Connection", "Scheduler"]
 
 T = TypeVar("T")
-STORE_DOWN = (ConnectionError, TimeoutError, BusyLoadingError, OSError)  # the store is unreachable or loading
 
 
 class Scheduler:
@@ -74,7 +74,7 @@ class Scheduler:
         await self._announce(first=True)
         self._tasks = [
             asyncio.create_task(self._consume_inbox(), name="inbox"),
-            asyncio.create_task(self._every(0.1, self._flush_delivered), name="delivered"),
+            asyncio.create_task(self._every(0.1, self._flush_delivered, proves_store=False), name="delivered"),
             asyncio.create_task(self._every(self.settings.instance_ttl_ms / 3000, self._announce), name="announce"),
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
@@ -96,19 +96,22 @@ class Scheduler:
         with contextlib.suppress(Exception):
             await self.store.leave(self.instance_id)
 
-    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]], proves_store: bool = True) -> None:
+        """Run ``job`` every ``seconds``. A job that may return without calling the store (``proves_store``
+        False) does not count as the store being reachable again, so health does not flap during an outage."""
         while not self._stopping:
             await asyncio.sleep(seconds)
             try:
                 await job()
-            except STORE_DOWN as exc:
-                self.store_failed(exc)
-            except Exception:
-                log.exception("periodic %s failed", getattr(job, "__name__", job))
+            except Exception as exc:
+                if store_unavailable(exc):
+                    self.store_failed(exc)
+                else:
+                    log.exception("periodic %s failed", getattr(job, "__name__", job))
             else:
-                if not self.store_healthy:
+                if proves_store and not self.store_healthy:
                     log.warning("store reachable again")
-                self.store_healthy = True
+                    self.store_healthy = True
 
     def store_failed(self, exc: BaseException) -> None:
         """Note an unreachable store: /health answers 503 until the next periodic call succeeds."""
@@ -125,7 +128,9 @@ class Scheduler:
         while True:
             try:
                 return await call()
-            except STORE_DOWN as exc:
+            except Exception as exc:
+                if not store_unavailable(exc):
+                    raise
                 self.store_failed(exc)
                 if asyncio.get_running_loop().time() + delay > deadline:
                     raise
@@ -214,7 +219,9 @@ class Scheduler:
             claim = await self.store.claim_session(session_id, "*", self.instance_id, token)
             previous = claim.previous_owner
             snapshot = await self.store.session_snapshot(session_id) if claim.claimed else None
-        except STORE_DOWN as exc:
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
             self.store_failed(exc)
             snapshot = None
         if snapshot is None:
@@ -248,7 +255,9 @@ class Scheduler:
         """Best effort: if the store is unreachable, the jobs' own deadlines end them later."""
         try:
             await self.apply(await self.store.cancel_jobs(jobs, reason))
-        except STORE_DOWN as exc:
+        except Exception as exc:
+            if not store_unavailable(exc):
+                raise
             self.store_failed(exc)
 
     def wait_for(self, job_id: str) -> asyncio.Future[None]:
@@ -369,16 +378,14 @@ class Scheduler:
                     await self.store.ack_inbox(self.instance_id, [entry_id for entry_id, _ in entries])
                 delay = 0.05
                 continue
-            except STORE_DOWN as exc:
-                self.store_failed(exc)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the inbox was deleted (this instance was taken over)
+            except Exception as exc:
+                if store_unavailable(exc):
+                    self.store_failed(exc)
+                elif isinstance(exc, ResponseError) and "NOGROUP" in str(exc):  # deleted: this one was taken over
                     log.warning("instance %s: inbox gone (%s); recreating it", self.instance_id, exc)
                     with contextlib.suppress(Exception):
                         await self.store.open_inbox(self.instance_id)
                 else:
-                    log.warning("instance %s: inbox read failed: %s", self.instance_id, exc)
-            except Exception:
-                log.exception("instance %s: inbox entry failed; going on", self.instance_id)
+                    log.exception("instance %s: inbox entry failed; going on", self.instance_id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -5,18 +5,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+import socket
 from collections.abc import Generator
 
 import uvicorn
+from redis.exceptions import RedisClusterException, RedisError
 
 from dragoman.app import create_app
 from dragoman.config import Settings
 from dragoman.scheduler import Scheduler
 from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
+from dragoman.store.store import CLUSTER_SCHEME
 
 log = logging.getLogger("dragoman")
+
+
+class StartupError(RuntimeError):
+    """``dragoman serve`` cannot start; the message names the setting and the cause, in one line."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, made before anything else starts, so a busy port fails at once and alone."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StartupError(f"host {host!r}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"port {port}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+_PASSWORD = re.compile(r"(//[^:/@]*):[^@/]*@")
+_SCHEMES = ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+
+
+def _without_password(url: str) -> str:
+    return _PASSWORD.sub(r"\1:***@", url)
+
+
+async def _open_store(settings: Settings, url: str) -> Store:
+    """The store, connected and with its scripts loaded; a URL that cannot be used is a StartupError."""
+    setting = "redis_url" if settings.redis_url else "embedded store"
+    if not url.startswith(_SCHEMES):
+        raise StartupError(f"{setting} {_without_password(url)!r}: unsupported; use one of {', '.join(_SCHEMES)}")
+    try:
+        store = Store(settings, url)
+    except ValueError as exc:  # not a URL redis-py understands
+        raise StartupError(f"{setting} {_without_password(url)!r}: {exc}") from None
+    try:
+        await store.open()
+    except (RedisError, RedisClusterException, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise StartupError(f"{setting} {_without_password(url)!r}: cannot use the store: {exc}") from None
+    return store
 
 
 class UvicornServer(uvicorn.Server):
@@ -28,17 +79,18 @@ class UvicornServer(uvicorn.Server):
 
 
 async def serve(settings: Settings) -> None:
+    listener = _listen(settings.host, settings.port)
     embedded: EmbeddedStore | None = None
     supervisor: asyncio.Task[None] | None = None
+    store: Store | None = None
     url = settings.redis_url
-    if not url:
-        embedded = EmbeddedStore(settings.data_dir)
-        url = await embedded.start()
-        supervisor = asyncio.create_task(embedded.supervise(), name="embedded store supervisor")
-        log.info("embedded valkey-server started: %s (data in %s)", url, embedded.data_dir)
-    store = Store(settings, url)
     try:
-        await store.open()
+        if not url:
+            embedded = EmbeddedStore(settings.data_dir)
+            url = await embedded.start()
+            supervisor = asyncio.create_task(embedded.supervise(), name="embedded store supervisor")
+            log.info("embedded valkey-server started: %s (data in %s)", url, embedded.data_dir)
+        store = await _open_store(settings, url)
         scheduler = Scheduler(settings, store)
         await scheduler.start()
         config = uvicorn.Config(
@@ -53,25 +105,33 @@ async def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
         )
         server = UvicornServer(config)
+
+        def shut_down() -> None:
+            server.should_exit = True
+            if supervisor is not None:
+                supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
+
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
+            loop.add_signal_handler(sig, shut_down)
         base = f"{settings.host}:{settings.port}"
         print(
             f"Dragoman {scheduler.instance_id} serving\n"
             f"  clients  ws://{base}/ws/session\n"
             f"  nodes    ws://{base}/ws/node\n"
             f"  health   http://{base}/health   metrics http://{base}/metrics   API http://{base}/openapi.json\n"
-            f"  store    {url}",
+            f"  store    {_without_password(url)}",
             flush=True,
         )
         try:
-            await server.serve()
+            await server.serve(sockets=[listener])
         finally:
             await scheduler.stop()
     finally:
-        with contextlib.suppress(Exception):
-            await store.close()
+        listener.close()
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await store.close()
         if supervisor is not None:
             supervisor.cancel()
         if embedded is not None:

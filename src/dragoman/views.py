@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dragoman.http_api import store_guarded
 from dragoman.scheduler import Scheduler
 from dragoman.store import NodeRecord
 
@@ -199,4 +200,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             }
         )
 
-    return [Route("/api/v1/stats", stats), Route("/api/v1/cluster", cluster)]
+    return [
+        Route("/api/v1/stats", store_guarded(scheduler, stats)),
+        Route("/api/v1/cluster", store_guarded(scheduler, cluster)),
+    ]

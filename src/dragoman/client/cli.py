@@ -6,8 +6,8 @@ parsed arguments and returns the exit code. They also run on their own: ``python
 This module imports only ``argparse`` at load time, so that ``dragoman serve`` does not pay for the client's
 dependencies (websockets, rich, PyAV); the commands import them when they run.
 
-Exit codes: 0 done; 1 some utterances failed (an ``error`` outcome); 2 bad arguments or an unreadable audio
-file; 3 no scheduler reachable, the connection lost for good, or an HTTP API error; 130 interrupted.
+Exit codes: 0 done; 1 some utterances failed (an ``error`` outcome, or no node took them); 2 bad arguments or an
+unreadable audio file; 3 no scheduler reachable, the connection lost for good, or an HTTP API error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ async def _translate(options: Any, as_json: bool) -> int:
     finally:
         reporter.close()
     reporter.finished(summary)
-    return EXIT_FAILED_UTTERANCES if summary.errors else EXIT_OK
+    return EXIT_FAILED_UTTERANCES if summary.errors or summary.never_dispatched else EXIT_OK
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -76,8 +76,9 @@ class TtsWriter:
 class Summary:
     session_id: str
     results: int
-    missing: int
+    missing: int  # no speech, or timed out on a node
     errors: int
+    never_dispatched: int  # waited for a node until the session closed (none serves the pair, or all busy)
     outstanding: int
     elapsed_s: float
 
@@ -103,6 +104,8 @@ def outcome_json(tracked: TrackedOutcome, saved: SavedAudio | None) -> dict[str,
         data["audio_file"] = str(saved.path) if saved else None
     elif isinstance(message, p.Error) and tracked.index is not None:
         data["utterance_index"] = tracked.index
+    elif tracked.never_dispatched:
+        data["never_dispatched"] = True
     return data
 
 
@@ -189,6 +192,8 @@ class RichReporter:
             if saved is not None:
                 note = f" — {escape(saved.note)}" if saved.note else ""
                 line += f"\n      [dim]{escape(str(saved.path))}{note}[/dim]"
+        elif tracked.never_dispatched:
+            line = f"[bold]{escape(label)}[/bold] [red](never reached a node before the session closed)[/red]"
         elif isinstance(message, p.MissingResult):
             why = {"silence_detected": "no speech recognised", "gap_timeout": "timed out"}.get(message.reason)
             line = f"[bold]{escape(label)}[/bold] [yellow]({why or message.reason})[/yellow]"
@@ -210,6 +215,8 @@ class RichReporter:
             parts.append(f"{summary.missing} without speech or timed out")
         if summary.errors:
             parts.append(f"[red]{summary.errors} error{'s' if summary.errors != 1 else ''}[/red]")
+        if summary.never_dispatched:
+            parts.append(f"[red]{summary.never_dispatched} never reached a node[/red]")
         if summary.outstanding:
             parts.append(f"[yellow]{summary.outstanding} never answered[/yellow]")
         self.console.print(f"[dim]{', '.join(parts)} in {summary.elapsed_s:.1f} s (session {summary.session_id})[/dim]")

@@ -25,6 +25,9 @@ class TrackedOutcome:
 
     index: int | None
     message: Outcome
+    #: A ``missing_result{gap_timeout}`` for a slot no node was ever given (no ``DISPATCHED`` announced it): the
+    #: job waited for a node until the session closed, i.e. no node serves the pair, or every one was busy.
+    never_dispatched: bool = False
 
 
 @dataclass(slots=True)
@@ -36,6 +39,7 @@ class OutcomeTracker:
     resolved: set[int] = field(default_factory=set)
     #: Slots whose job failed (ui_event ERROR) and whose ``error`` outcome has not been matched yet.
     failing: set[int] = field(default_factory=set)
+    #: Outcomes by wire type, and ``never_dispatched`` for those of them that never reached a node.
     counts: Counter[str] = field(default_factory=Counter)
     #: ``time.monotonic()`` of the last event.
     last_event_at: float = field(default_factory=time.monotonic)
@@ -66,8 +70,15 @@ class OutcomeTracker:
                 self.failing.discard(index)
                 self.resolved.add(index)
             return TrackedOutcome(index, event)
+        never_dispatched = (
+            isinstance(event, p.MissingResult)
+            and event.reason == "gap_timeout"
+            and event.utterance_index not in self.announced
+        )
+        if never_dispatched:
+            self.counts["never_dispatched"] += 1
         self.resolved.add(event.utterance_index)
-        return TrackedOutcome(event.utterance_index, event)
+        return TrackedOutcome(event.utterance_index, event, never_dispatched)
 
     @property
     def outstanding(self) -> set[int]:

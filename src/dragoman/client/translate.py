@@ -84,14 +84,26 @@ async def translate(options: TranslateOptions, reporter: Reporter) -> Summary:
             await client.abort()
         raise
     counts = tracker.counts
+    if counts["never_dispatched"]:
+        reporter.notice(
+            f"{counts['never_dispatched']} utterance(s) never reached a node: no node serves "
+            f"{_pair(options.config)}, or every one was busy until the session closed"
+        )
     return Summary(
         session_id=client.session_id,
         results=counts["translation_result"],
-        missing=counts["missing_result"],
+        missing=counts["missing_result"] - counts["never_dispatched"],
         errors=counts["error"],
+        never_dispatched=counts["never_dispatched"],
         outstanding=len(tracker.outstanding),
         elapsed_s=time.monotonic() - started,
     )
+
+
+def _pair(config: SessionConfig) -> str:
+    if config.lang_a and config.lang_b:
+        return f"{config.lang_a}<->{config.lang_b}"
+    return f"{config.src_lang}:{config.tgt_lang}"
 
 
 class _Run:

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import IO
 
+import psutil
 import redis.asyncio as redis
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class EmbeddedStore:
             self._lock.close()
             self._lock = None
             raise EmbeddedStoreError(f"data directory {self.data_dir} is in use by another dragoman") from None
+        await self._stop_orphan()
         sock = self.data_dir / "valkey.sock"
         self._args = [
             find_server_binary(),
@@ -85,6 +87,7 @@ class EmbeddedStore:
             "--bind", "127.0.0.1",
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "valkey.log"),
+            "--pidfile", str(self._pidfile),
         ]  # fmt: skip
         if len(str(sock)) < _SOCKET_PATH_LIMIT:
             self._args += ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
@@ -96,8 +99,34 @@ class EmbeddedStore:
         await self._launch(timeout)
         return self.url
 
+    @property
+    def _pidfile(self) -> Path:
+        return self.data_dir / "valkey.pid"
+
+    async def _stop_orphan(self, timeout: float = 10.0) -> None:
+        """Stop a valkey-server left running on this directory by a dragoman that could not stop it (SIGKILL):
+        with the lock held it is nobody's, and two servers must never write one append-only file."""
+        try:
+            orphan = psutil.Process(int(self._pidfile.read_text()))
+            if orphan.cwd() != str(self.data_dir):  # valkey runs in its --dir; another process has the pid now
+                return
+        except (OSError, ValueError, psutil.Error):
+            return
+        log.warning("stopping valkey-server %d, left running on %s by an earlier dragoman", orphan.pid, self.data_dir)
+        with contextlib.suppress(psutil.Error):
+            orphan.terminate()  # it flushes its append-only file
+            try:
+                await asyncio.to_thread(orphan.wait, timeout)
+            except psutil.TimeoutExpired:
+                orphan.kill()
+                await asyncio.to_thread(orphan.wait, timeout)
+
     async def _launch(self, timeout: float = 15.0) -> None:
-        self._process = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
+        # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground process group) stops dragoman,
+        # which stops the server in order, instead of reaching the server directly mid-shutdown.
+        self._process = subprocess.Popen(  # noqa: ASYNC220
+            self._args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         await self._wait_ready(timeout)
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -121,7 +150,8 @@ class EmbeddedStore:
 
     async def supervise(self) -> None:
         """Restart the server whenever it exits on its own: it reloads its append-only file, so the jobs
-        in it carry on. Runs until cancelled (``stop`` cancels nothing; cancel this task first)."""
+        in it carry on. Runs until cancelled (``stop`` cancels nothing; cancel this task first, as soon as
+        the shutdown begins, so that an exit during the shutdown is not taken for a crash)."""
         delay = 0.5
         while True:
             process = self._process

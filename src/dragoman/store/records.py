@@ -172,6 +172,7 @@ class ReconcileReply(_Reply, frozen=True):
 
 class AnnounceReply(_Reply, frozen=True):
     was_present: bool
+    removed: bool = False  # leaving: nothing was left to take over, so the instance is gone at once
 
 
 class TakenInstance(msgspec.Struct, frozen=True):

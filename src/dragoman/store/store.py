@@ -515,13 +515,18 @@ class Store:
         return reply.was_present
 
     async def leave(self, instance: str) -> None:
+        """End the instance's presence. With no nodes left (a clean stop) it is removed at once, and its inbox
+        with it: what the inbox holds is for sockets that are closed, and no instance needs to take it over."""
         k = self.keys
-        await self._script(
+        reply = await self._script(
             "announce_instance",
             [k.instances, k.instance(instance), k.instance_nodes(instance)],
             [now_ms(), self.settings.instance_ttl_ms, "", "0", instance],
             AnnounceReply,
         )
+        if reply.removed:
+            async with self._connection():
+                await self.client.delete(k.inbox(instance))
 
     async def take_instances(self, limit: int = 16) -> list[TakenInstance]:
         """The instances past their presence deadline, each now taken by this caller alone."""
