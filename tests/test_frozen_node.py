@@ -1,0 +1,89 @@
+"""A frozen node (issue 9, item 6): a real ``dragoman node`` process stopped with SIGSTOP keeps its socket open and
+sends nothing, not even pongs. Its in-flight utterances must fail over to a healthy node before the session's gap
+timeout gives them up, so they end in ``translation_result``, not ``missing_result``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+
+from conftest import StartDragoman
+from peers import LinguaWebClient, pcm16
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[Callable[..., subprocess.Popen[bytes]]]:
+    """A factory of ``dragoman node --engine echo`` processes, all killed (and continued first) at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(url: str, *options: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dragoman", "node", "--scheduler", url, "--engine", "echo", "--langs", "zh,en",
+             "--log-level", "warning", *options],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        os.kill(process.pid, signal.SIGCONT)
+        process.kill()
+        process.wait(10)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("not reached in time")
+
+
+async def test_a_frozen_node_fails_over_before_the_gap_timeout(
+    dragoman: StartDragoman, nodes: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    # Scaled-down timers in the production order: ping detection (1.5 s) < gap timeout (8 s) < liveness, job timeout.
+    d = await dragoman(
+        ws_ping_interval_ms=500,
+        ws_ping_timeout_ms=1000,
+        gap_timeout_ms=8000,
+        node_liveness_ms=45_000,
+        job_timeout_ms=60_000,
+        pending_timeout_ms=30_000,
+    )
+    audio = pcm16(200)
+    async with httpx.AsyncClient(base_url=d.http) as http, LinguaWebClient(d.session_url) as client:
+
+        async def registered(count: int) -> bool:
+            return len(d.scheduler.nodes) == count
+
+        async def holds_all(node_id: str) -> bool:
+            cluster = (await http.get("/api/v1/cluster")).json()
+            return any(n["node_id"] == node_id and n["current_jobs"] == 4 for n in cluster["nodes"])
+
+        frozen = nodes(d.node_url, "--max-jobs", "4", "--echo-delay-ms", "60000")  # holds every job it gets
+        await _until(lambda: registered(1))
+        (frozen_id,) = d.scheduler.nodes
+        await client.init(two_way=False)
+        for i in range(4):
+            await client.utterance(i, audio)
+        await _until(lambda: holds_all(frozen_id))
+        os.kill(frozen.pid, signal.SIGSTOP)  # socket open, nothing read or sent any more
+
+        nodes(d.node_url, "--max-jobs", "8")  # a healthy node
+        await _until(lambda: registered(2))
+        for i in range(4, 8):  # the frozen node is full: these go to the healthy one and arm the gap timer
+            await client.utterance(i, audio)
+        outcomes = await client.outcomes(8, timeout=40)
+        lost = [o for o in outcomes if o["type"] != "translation_result"]
+        assert not lost, f"{len(lost)} of 8 outcomes lost: {lost}"
+        assert [o["utterance_index"] for o in outcomes] == list(range(8))
+        assert frozen_id not in d.scheduler.nodes  # its socket was closed by the ping timeout
