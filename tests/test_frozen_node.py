@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
+from dragoman.config import ConfigError, load_settings
+
 from conftest import StartDragoman
 from peers import LinguaWebClient, pcm16
 
@@ -87,3 +89,34 @@ async def test_a_frozen_node_fails_over_before_the_gap_timeout(
         assert not lost, f"{len(lost)} of 8 outcomes lost: {lost}"
         assert [o["utterance_index"] for o in outcomes] == list(range(8))
         assert frozen_id not in d.scheduler.nodes  # its socket was closed by the ping timeout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DRAGOMAN_WS_PING_TIMEOUT_MS": "25000"}, "ws_ping_interval_ms \\+ ws_ping_timeout_ms = 30000 ms"),
+        ({"DRAGOMAN_WS_PING_INTERVAL_MS": "0"}, "node_liveness_ms \\+ tick_interval_ms \\(no pings\\) = 45250 ms"),
+        (
+            {"DRAGOMAN_WS_PING_INTERVAL_MS": "0", "DRAGOMAN_JOB_TIMEOUT_MS": "40000"},
+            "job_timeout_ms \\+ tick_interval_ms \\(no pings\\) = 40250 ms",
+        ),
+    ],
+)
+def test_timers_that_let_a_silent_node_outlive_the_gap_timeout_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"{message}, not before gap_timeout_ms \\(30000 ms\\)"):
+        load_settings(environ=env)
+
+
+def test_timers_that_detect_a_silent_node_in_time_are_accepted() -> None:
+    assert load_settings(environ={}).ws_ping_timeout_ms == 10_000  # the defaults: 15 s < 30 s
+    load_settings(environ={"DRAGOMAN_WS_PING_INTERVAL_MS": "0", "DRAGOMAN_NODE_LIVENESS_MS": "20000"})
+    load_settings(environ={"DRAGOMAN_WS_PING_TIMEOUT_MS": "25000", "DRAGOMAN_GAP_TIMEOUT_MS": "40000"})
+
+
+def test_serve_names_the_timers_in_one_line() -> None:
+    env = {**os.environ, "DRAGOMAN_WS_PING_INTERVAL_MS": "0"}
+    run = subprocess.run(
+        [sys.executable, "-m", "dragoman", "serve", "--port", "0"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert run.returncode == 2
+    assert "node_liveness_ms" in run.stderr and "gap_timeout_ms" in run.stderr and "Traceback" not in run.stderr
