@@ -70,6 +70,7 @@ async def run(server: Server, pythonpath: str | None) -> None:
     healthy: subprocess.Popen[bytes] | None = None
     try:
         await until(lambda: len(cluster(server)) == 1)
+        frozen_id = cluster(server)[0]["node_id"]
         sessions = [await open_session(server.session_url) for _ in range(SESSIONS)]
         for ws, session_id in sessions:
             for index in (0, 1):
@@ -78,7 +79,7 @@ async def run(server: Server, pythonpath: str | None) -> None:
         os.kill(frozen.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         healthy = node(server, pythonpath, "--max-jobs", "16")
-        await until(lambda: len(cluster(server)) == 2)
+        await until(lambda: any(n["node_id"] != frozen_id for n in cluster(server)))
         for ws, session_id in sessions:
             for index in (2, 3):
                 await ws.send(utterance(session_id, index, audio))

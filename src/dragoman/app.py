@@ -61,15 +61,16 @@ def create_app(scheduler: Scheduler) -> Starlette:
     def connection(websocket: WebSocket, name: str) -> Connection:
         return Connection(websocket, name, max_unsent_bytes=settings.max_unsent_bytes)
 
-    def close_unless(conn: Connection, first: str, done: Callable[[], bool]) -> asyncio.TimerHandle:
+    def close_unless(conn: Connection, first: str, done: Callable[[], bool]) -> asyncio.TimerHandle | None:
         """Close the socket if it has not sent its first message (``done``) within ``handshake_timeout_ms``."""
+        timeout = settings.handshake_timeout_ms
 
         def check() -> None:
             if not done():
-                log.info("%s socket sent no %s within %d ms; closed", conn.name, first, settings.handshake_timeout_ms)
-                conn.close(1008, f"no {first} within {settings.handshake_timeout_ms} ms")
+                log.info("%s socket sent no %s within %d ms; closed", conn.name, first, timeout)
+                conn.close(1008, f"no {first} within {timeout} ms")
 
-        return asyncio.get_running_loop().call_later(settings.handshake_timeout_ms / 1000, check)
+        return asyncio.get_running_loop().call_later(timeout / 1000, check) if timeout else None
 
     async def session_socket(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -100,7 +101,8 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 named = getattr(msg, "session_id", None)
                 in_use = in_use or isinstance(msg, p.SessionInit) or named in scheduler.sessions
         finally:
-            handshake.cancel()
+            if handshake is not None:
+                handshake.cancel()
             for actor in owned:
                 actor.socket_closed()
             conn.close()
@@ -121,7 +123,8 @@ def create_app(scheduler: Scheduler) -> Starlette:
                     metrics.STORE_ERRORS.inc()
                     log.exception("node %s: failed to handle a frame", link.node_id)
         finally:
-            handshake.cancel()
+            if handshake is not None:
+                handshake.cancel()
             conn.close()
             try:
                 await link.closed()

@@ -42,7 +42,7 @@ class Settings:
     max_held_bytes_per_session: int = 32 * 1024 * 1024  # out-of-order utterances held by one session
     max_held_bytes: int = 256 * 1024 * 1024  # out-of-order utterances held by all sessions of the instance
     max_unsent_bytes: int = 32 * 1024 * 1024  # frames queued for one socket; a slower reader is disconnected
-    handshake_timeout_ms: int = 10_000  # a socket that sends no session_init / node_register is closed
+    handshake_timeout_ms: int = 10_000  # a socket that sends no session_init / node_register is closed; 0: never
     # WebSocket ping/pong (both sockets): a peer that answers no ping within the timeout is disconnected
     ws_ping_interval_ms: int = 5000  # 0: no pings
     ws_ping_timeout_ms: int = 10_000

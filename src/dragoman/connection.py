@@ -19,9 +19,7 @@ SLOW_READER = 1008  # policy violation: the close code of a peer dropped for not
 
 
 class Connection:
-    def __init__(
-        self, websocket: WebSocket, name: str, max_backlog: int = 10_000, max_unsent_bytes: int = 32 * 1024 * 1024
-    ) -> None:
+    def __init__(self, websocket: WebSocket, name: str, max_unsent_bytes: int, max_backlog: int = 10_000) -> None:
         self.websocket = websocket
         self.name = name
         self.closed = False

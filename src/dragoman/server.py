@@ -37,10 +37,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     buffer is full (``Connection`` dropping a slow reader), therefore aborts the transport."""
 
     def keepalive_timeout(self) -> None:
+        closing = self.close_sent or self.transport.is_closing()
         super().keepalive_timeout()
-        log.warning(
-            "%s on %s: no pong within %g s; disconnected", _peer(self.client), self.scope["path"], self.ping_timeout
-        )
+        if not closing:
+            log.warning(
+                "%s on %s: no pong within %g s; disconnected", _peer(self.client), self.scope["path"], self.ping_timeout
+            )
         self.transport.abort()
 
     async def send(self, message: Any) -> None:
