@@ -49,9 +49,12 @@ async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 30) -> N
     raise AssertionError("not reached in time")
 
 
+@pytest.mark.parametrize("jobs_after_the_freeze", [False, True], ids=["frozen-while-running", "frozen-socket-full"])
 async def test_a_frozen_node_fails_over_before_the_gap_timeout(
-    dragoman: StartDragoman, nodes: Callable[..., subprocess.Popen[bytes]]
+    dragoman: StartDragoman, nodes: Callable[..., subprocess.Popen[bytes]], jobs_after_the_freeze: bool
 ) -> None:
+    """The node freezes while it runs four jobs; or it freezes after the first, and three 2 MB jobs go to it
+    after that, filling its socket's buffers (a close would wait for them to drain, for ever)."""
     # Scaled-down timers in the production order: ping detection (1.5 s) < gap timeout (8 s) < liveness, job timeout.
     d = await dragoman(
         ws_ping_interval_ms=500,
@@ -67,18 +70,24 @@ async def test_a_frozen_node_fails_over_before_the_gap_timeout(
         async def registered(other_than: str = "") -> bool:
             return any(node_id != other_than for node_id in d.scheduler.nodes)
 
-        async def holds_all(node_id: str) -> bool:
+        async def holds(node_id: str, jobs: int) -> bool:
             cluster = (await http.get("/api/v1/cluster")).json()
-            return any(n["node_id"] == node_id and n["current_jobs"] == 4 for n in cluster["nodes"])
+            return any(n["node_id"] == node_id and n["current_jobs"] == jobs for n in cluster["nodes"])
 
         frozen = nodes(d.node_url, "--max-jobs", "4", "--echo-delay-ms", "60000")  # holds every job it gets
         await _until(registered)
         (frozen_id,) = d.scheduler.nodes
         await client.init(two_way=False)
-        for i in range(4):
-            await client.utterance(i, audio)
-        await _until(lambda: holds_all(frozen_id))
-        os.kill(frozen.pid, signal.SIGSTOP)  # socket open, nothing read or sent any more
+        await client.utterance(0, audio)
+        await _until(lambda: holds(frozen_id, 1))
+        if jobs_after_the_freeze:
+            os.kill(frozen.pid, signal.SIGSTOP)  # socket open, nothing read or sent any more
+        later = pcm16(65_000) if jobs_after_the_freeze else audio  # 2 MB
+        for i in range(1, 4):
+            await client.utterance(i, later)
+        await _until(lambda: holds(frozen_id, 4))
+        if not jobs_after_the_freeze:
+            os.kill(frozen.pid, signal.SIGSTOP)
 
         nodes(d.node_url, "--max-jobs", "8")  # a healthy node
         await _until(lambda: registered(other_than=frozen_id))  # (the frozen one may be gone already)
