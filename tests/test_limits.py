@@ -72,7 +72,8 @@ async def test_held_utterances_are_bounded_per_session_and_nothing_accepted_is_l
         await client.utterance(3, audio)
         refused = await client.expect("error")
         assert refused["code"] == "INTERNAL_ERROR"
-        assert refused["message"].startswith(FAILED) and "max_held_bytes_per_session" in refused["message"]
+        assert refused["message"].startswith(f"{FAILED}utterance_index 3 not held: this session holds")
+        assert "max_held_bytes_per_session" in refused["message"]
         await client.utterance(0, audio)  # the missing index: 0, 1 and 2 go out, in order
         jobs = [await node.next_job() for _ in range(3)]
         assert [j["utterance_index"] for j in jobs] == [0, 1, 2]

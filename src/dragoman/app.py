@@ -55,7 +55,6 @@ async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIt
 
 def create_app(scheduler: Scheduler) -> Starlette:
     limit = scheduler.settings.max_message_bytes
-
     settings = scheduler.settings
 
     def connection(websocket: WebSocket, name: str) -> Connection:

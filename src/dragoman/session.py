@@ -282,7 +282,8 @@ class SessionActor:
             )
             return
         if i != self.next_index and (refused := self._over_held_budget(len(msg.audio))):
-            await self.send(p.encode(p.Error(code="INTERNAL_ERROR", message=f"Failed to process message: {refused}")))
+            message = f"Failed to process message: utterance_index {i} not held: {refused}"
+            await self.send(p.encode(p.Error(code="INTERNAL_ERROR", message=message)))
             return
         if len(self._held) >= MAX_HELD_UTTERANCES:  # bounded: a client far ahead waits no longer
             await self._dispatch_held(force=True)
@@ -298,14 +299,14 @@ class SessionActor:
         s = self.settings
         if self.held_bytes + size > s.max_held_bytes_per_session:
             return (
-                f"out-of-order utterance not held: this session holds {self.held_bytes} bytes of utterances "
+                f"this session holds {self.held_bytes} bytes of out-of-order utterances "
                 f"waiting for lower indexes (max_held_bytes_per_session {s.max_held_bytes_per_session})"
             )
         held = sum(actor.held_bytes for actor in self.scheduler.sessions.values())  # rare path: no counter to drift
         if held + size > s.max_held_bytes:
             return (
-                f"out-of-order utterance not held: the scheduler holds {held} bytes of utterances waiting "
-                f"for lower indexes (max_held_bytes {s.max_held_bytes})"
+                f"the scheduler holds {held} bytes of out-of-order utterances waiting for lower indexes "
+                f"(max_held_bytes {s.max_held_bytes})"
             )
         return None
 
