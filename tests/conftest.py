@@ -20,7 +20,7 @@ import uvicorn
 from dragoman.app import create_app
 from dragoman.config import Settings
 from dragoman.scheduler import Scheduler
-from dragoman.server import UvicornServer
+from dragoman.server import UvicornServer, uvicorn_options
 from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
 
@@ -100,7 +100,7 @@ async def start_dragoman(store_url: str, prefix: str | None = None, **overrides:
     await store.open()
     scheduler = Scheduler(settings, store)
     await scheduler.start()
-    port, server, task = await serve_app(create_app(scheduler), ws_max_size=settings.max_message_bytes * 2)
+    port, server, task = await serve_app(create_app(scheduler), **uvicorn_options(settings))
     return Running(port, scheduler, store, server, task)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,11 +55,30 @@ async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIt
 
 def create_app(scheduler: Scheduler) -> Starlette:
     limit = scheduler.settings.max_message_bytes
+    settings = scheduler.settings
+
+    def connection(websocket: WebSocket, name: str) -> Connection:
+        return Connection(websocket, name, max_unsent_bytes=settings.max_unsent_bytes)
+
+    def close_unless(conn: Connection, first: str, done: Callable[[], bool]) -> asyncio.TimerHandle | None:
+        """Close the socket if it has not sent its first message (``done``) within ``handshake_timeout_ms``."""
+        timeout = settings.handshake_timeout_ms
+
+        def check() -> None:
+            if not done():
+                log.info("%s socket sent no %s within %d ms; closed", conn.name, first, timeout)
+                conn.close(1008, f"no {first} within {timeout} ms")
+
+        return asyncio.get_running_loop().call_later(timeout / 1000, check) if timeout else None
 
     async def session_socket(websocket: WebSocket) -> None:
         await websocket.accept()
-        conn = Connection(websocket, "client")
-        owned: list[SessionActor] = []
+        conn = connection(websocket, "client")
+        owned = _SocketSessions()
+        # In use once it opens a session, or sends to a live one (lingua's API gateway sends its utterances on
+        # a socket of their own).
+        in_use = False
+        handshake = close_unless(conn, "session_init", lambda: in_use)
         try:
             async for text in _text_frames(websocket, limit, "session"):
                 received = _mono_ms()
@@ -78,15 +97,20 @@ def create_app(scheduler: Scheduler) -> Starlette:
                         conn.send_nowait(_error("INVALID_MESSAGE", f"Invalid message format: {exc.detail}"))
                     continue
                 _route_client(scheduler, conn, owned, msg, received)
+                named = getattr(msg, "session_id", None)
+                in_use = in_use or isinstance(msg, p.SessionInit) or named in scheduler.sessions
         finally:
+            if handshake is not None:
+                handshake.cancel()
             for actor in owned:
                 actor.socket_closed()
             conn.close()
 
     async def node_socket(websocket: WebSocket) -> None:
         await websocket.accept()
-        conn = Connection(websocket, "node")
+        conn = connection(websocket, "node")
         link = NodeLink(scheduler, conn)
+        handshake = close_unless(conn, "node_register", lambda: link.node_id is not None)
         try:
             async for text in _text_frames(websocket, limit, "node"):
                 if text is None:
@@ -98,6 +122,8 @@ def create_app(scheduler: Scheduler) -> Starlette:
                     metrics.STORE_ERRORS.inc()
                     log.exception("node %s: failed to handle a frame", link.node_id)
         finally:
+            if handshake is not None:
+                handshake.cancel()
             conn.close()
             try:
                 await link.closed()
@@ -123,19 +149,46 @@ def create_app(scheduler: Scheduler) -> Starlette:
     return Starlette(routes=routes)
 
 
-async def _resume(scheduler: Scheduler, conn: Connection, owned: list[SessionActor], msg: p.SessionInit) -> None:
+class _SocketSessions(list[SessionActor]):
+    """The sessions a client socket opened, and whether a resume is under way on it."""
+
+    resuming = 0
+
+    def live(self, scheduler: Scheduler) -> SessionActor | None:
+        """The socket's session while it lasts (until session_close_ack, or a resume elsewhere)."""
+        return next((a for a in self if scheduler.sessions.get(a.id) is a), None)
+
+
+async def _resume(scheduler: Scheduler, conn: Connection, owned: _SocketSessions, msg: p.SessionInit) -> None:
     """Resume a session (a store round trip, so off the reader's path); the client waits for its ack."""
-    actor = await scheduler.resume_session(conn, msg)
+    owned.resuming += 1
+    try:
+        actor = await scheduler.resume_session(conn, msg)
+    finally:
+        owned.resuming -= 1
     owned.append(actor)
     if conn.closed:  # the socket closed while the store answered
         actor.socket_closed()
 
 
+def _second_session(scheduler: Scheduler, owned: _SocketSessions) -> str | None:
+    """Why a session_init is refused: one session per socket (lingua's clients open a socket per session),
+    so a socket cannot pile up sessions. After session_close_ack the socket may open the next one."""
+    live = owned.live(scheduler)
+    if live is None and not owned.resuming:
+        owned[:] = []  # closed sessions: nothing left to tell them
+        return None
+    which = f"session {live.id}" if live is not None else "a session being resumed"
+    return f"Failed to process message: this socket already has {which}; one session per socket (close it first)"
+
+
 def _route_client(
-    scheduler: Scheduler, conn: Connection, owned: list[SessionActor], msg: p.Inbound, received: float
+    scheduler: Scheduler, conn: Connection, owned: _SocketSessions, msg: p.Inbound, received: float
 ) -> None:
     """Hand one client message to its session's actor, or answer it here (§5)."""
-    if isinstance(msg, p.SessionInit) and msg.resume_session_id:
+    if isinstance(msg, p.SessionInit) and (refused := _second_session(scheduler, owned)):
+        conn.send_nowait(_error("INTERNAL_ERROR", refused))
+    elif isinstance(msg, p.SessionInit) and msg.resume_session_id:
         asyncio.create_task(_resume(scheduler, conn, owned, msg))  # noqa: RUF006 - it finishes by itself
     elif isinstance(msg, p.SessionInit):
         owned.append(scheduler.open_session(conn, msg))

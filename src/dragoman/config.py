@@ -40,6 +40,15 @@ class Settings:
     store_pool_timeout_ms: int = 5000  # how long a call waits for a pooled connection
     log_level: str = "info"
     max_message_bytes: int = 8 * 1024 * 1024  # larger frames get an error reply (the socket stays open)
+    # Memory bounds: every buffer that input can fill has a byte limit
+    max_http_body_bytes: int = 16 * 1024 * 1024  # a POST /api/v1/jobs body (a max-size job is ~8 MiB of base64)
+    max_held_bytes_per_session: int = 32 * 1024 * 1024  # out-of-order utterances held by one session
+    max_held_bytes: int = 256 * 1024 * 1024  # out-of-order utterances held by all sessions of the instance
+    max_unsent_bytes: int = 32 * 1024 * 1024  # frames queued for one socket; a slower reader is disconnected
+    handshake_timeout_ms: int = 10_000  # a socket that sends no session_init / node_register is closed; 0: never
+    # WebSocket ping/pong (both sockets): a peer that answers no ping within the timeout is disconnected
+    ws_ping_interval_ms: int = 5000  # 0: no pings
+    ws_ping_timeout_ms: int = 10_000
     # Segmentation (PROTOCOL.md §10)
     pause_ms: int = 3000
     max_duration_ms: int = 10_000
@@ -129,4 +138,30 @@ def load_settings(
     for name in ("cells", "store_max_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
+    check_silent_node_detection(settings)
     return settings
+
+
+def silent_node_detection_ms(settings: Settings) -> tuple[int, str]:
+    """The worst case from a node going silent (frozen process, socket open) to its attempts failing over,
+    and the settings that make it: the ping timeout closes its socket, else its liveness runs out."""
+    if settings.ws_ping_interval_ms > 0 and settings.ws_ping_timeout_ms > 0:
+        # silent just after a pong: the next ping goes out one interval later and times out
+        return settings.ws_ping_interval_ms + settings.ws_ping_timeout_ms, "ws_ping_interval_ms + ws_ping_timeout_ms"
+    by_liveness = settings.node_liveness_ms + settings.tick_interval_ms
+    by_timeout = settings.job_timeout_ms + settings.tick_interval_ms
+    if by_liveness <= by_timeout:
+        return by_liveness, "node_liveness_ms + tick_interval_ms (no pings)"
+    return by_timeout, "job_timeout_ms + tick_interval_ms (no pings)"
+
+
+def check_silent_node_detection(settings: Settings) -> None:
+    """A silent node's attempts must fail over before a client's gap timeout gives them up (else every
+    utterance it held ends in missing_result)."""
+    detection, source = silent_node_detection_ms(settings)
+    if detection >= settings.gap_timeout_ms:
+        raise ConfigError(
+            f"a silent node is detected after {source} = {detection} ms, not before gap_timeout_ms "
+            f"({settings.gap_timeout_ms} ms): its utterances would be lost; shorten the pings or lengthen "
+            "gap_timeout_ms"
+        )

@@ -1,7 +1,8 @@
 """One WebSocket's outgoing side: frames queue in order and a single writer task sends them.
 
 Any task may send (``send_nowait``), so frames for one socket never interleave and a slow peer never
-blocks the sender; a peer that falls ``max_backlog`` frames behind is disconnected.
+blocks the sender; a peer that falls ``max_backlog`` frames or ``max_unsent_bytes`` behind is disconnected
+at once (the frames still queued are dropped: a peer that does not read would never get them).
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from starlette.websockets import WebSocket
 
 log = logging.getLogger(__name__)
 
+SLOW_READER = 1008  # policy violation: the close code of a peer dropped for not reading its frames
+
 
 class Connection:
-    def __init__(self, websocket: WebSocket, name: str, max_backlog: int = 10_000) -> None:
+    def __init__(self, websocket: WebSocket, name: str, max_unsent_bytes: int, max_backlog: int = 10_000) -> None:
         self.websocket = websocket
         self.name = name
         self.closed = False
         self._max_backlog = max_backlog
+        self._max_unsent_bytes = max_unsent_bytes
+        self._unsent_bytes = 0
+        self._close_code = 1000
+        self._close_reason = ""
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write(), name=f"writer {name}")
 
@@ -29,28 +36,50 @@ class Connection:
         if self.closed:
             return False
         if self._outbox.qsize() >= self._max_backlog:
-            log.warning("%s: %d frames unsent, disconnecting the slow peer", self.name, self._max_backlog)
-            self.close()
+            self._drop_slow_reader(f"{self._max_backlog} frames unsent")
             return False
+        if self._unsent_bytes + len(frame) > self._max_unsent_bytes:
+            self._drop_slow_reader(f"over {self._max_unsent_bytes} bytes unsent")
+            return False
+        self._unsent_bytes += len(frame)
         self._outbox.put_nowait(frame)
         return True
 
     async def send(self, frame: bytes) -> bool:
         return self.send_nowait(frame)
 
-    def close(self, code: int = 1000) -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued."""
         if not self.closed:
             self.closed = True
-            self._close_code = code
+            self._close_code, self._close_reason = code, reason
             self._outbox.put_nowait(None)
+
+    def _drop_slow_reader(self, why: str) -> None:
+        """Disconnect now, without the queued frames: the writer may be stuck on the full socket."""
+        log.warning("%s: %s, disconnecting the slow peer", self.name, why)
+        self.closed = True
+        self._writer.cancel()
+        self._clear()
+        asyncio.create_task(self._close_now(f"slow reader: {why}"))  # noqa: RUF006 - it finishes by itself
+
+    async def _close_now(self, reason: str) -> None:
+        with contextlib.suppress(Exception):  # the server aborts a socket whose peer does not read
+            await self.websocket.close(SLOW_READER, reason)
+
+    def _clear(self) -> None:
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._unsent_bytes = 0
 
     async def _write(self) -> None:
         try:
             while (frame := await self._outbox.get()) is not None:
+                self._unsent_bytes -= len(frame)
                 await self.websocket.send_text(frame.decode())
             with contextlib.suppress(Exception):
-                await self.websocket.close(self._close_code)
+                await self.websocket.close(self._close_code, self._close_reason)
         except Exception as exc:  # the peer went away: the reader sees the close and cleans up
             log.debug("%s: send failed: %s", self.name, exc)
             self.closed = True
+            self._clear()

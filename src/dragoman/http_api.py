@@ -105,8 +105,29 @@ def _invalid(exc: msgspec.ValidationError) -> JSONResponse:
     return _problem(422, "invalid_request", text, ".".join(parts) or None)
 
 
-async def _read_request(request: Request) -> JobRequest | JSONResponse:
-    body = await request.body()
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read as it arrives and refused as soon as it is over ``limit`` bytes: by its Content-Length
+    before reading any of it, else (chunked) by counting."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BodyTooLarge
+    return bytes(body)
+
+
+async def _read_request(request: Request, limit: int) -> JobRequest | JSONResponse:
+    try:
+        body = await _read_body(request, limit)
+    except _BodyTooLarge:
+        return _problem(413, "payload_too_large", f"the body is larger than max_http_body_bytes ({limit} bytes)")
     try:
         job = msgspec.json.decode(body, type=JobRequest)
     except msgspec.ValidationError as exc:
@@ -134,7 +155,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
         key = request.headers.get("idempotency-key") or p.new_uuid()
         if len(key) > 255:
             return _problem(400, "invalid_header", "Idempotency-Key is longer than 255 characters", "Idempotency-Key")
-        job = await _read_request(request)
+        job = await _read_request(request, settings.max_http_body_bytes)
         if isinstance(job, JSONResponse):
             return job
         session = "api-" + hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -303,7 +324,7 @@ def openapi_document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        **errors(400, 422, 503),
+                        **errors(400, 413, 422, 503),
                     },
                 }
             },

@@ -9,14 +9,16 @@ import re
 import signal
 import socket
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
 from redis.exceptions import RedisClusterException, RedisError
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dragoman.app import create_app
 from dragoman.config import Settings
 from dragoman.scheduler import Scheduler
-from dragoman.store import Store
+from dragoman.store import Store, StoreConfigError
 from dragoman.store.embedded import EmbeddedStore
 from dragoman.store.store import CLUSTER_SCHEME
 
@@ -67,6 +69,10 @@ async def _open_store(settings: Settings, url: str) -> Store:
         with contextlib.suppress(Exception):
             await store.close()
         raise StartupError(f"{setting} {_without_password(url)!r}: cannot use the store: {exc}") from None
+    except StoreConfigError as exc:
+        with contextlib.suppress(Exception):
+            await store.close()
+        raise StartupError(str(exc)) from None
     return store
 
 
@@ -76,6 +82,45 @@ class UvicornServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, except that a peer that stopped reading is cut off, not waited for.
+
+    Closing a transport waits until its buffered bytes reach the peer, which for a frozen peer is never:
+    its socket (and a node's attempts) would stay open. A ping timeout, or a close while the peer's
+    buffer is full (``Connection`` dropping a slow reader), therefore aborts the transport."""
+
+    def keepalive_timeout(self) -> None:
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing:
+            log.warning(
+                "%s on %s: no pong within %g s; disconnected", _peer(self.client), self.scope["path"], self.ping_timeout
+            )
+        self.transport.abort()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.close" and self.handshake_complete and not self.writable.is_set():
+            self.transport.abort()  # connection_lost tells the app: websocket.disconnect
+            return
+        await super().send(message)
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a peer"
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The WebSocket options of uvicorn, for both sockets: frame size, pings, and the protocol above."""
+    pings = settings.ws_ping_interval_ms > 0 and settings.ws_ping_timeout_ms > 0
+    return {
+        "ws": WebSocketProtocol,
+        "ws_max_size": settings.max_message_bytes * 2,  # frames up to the limit get an error reply, not a close
+        "ws_ping_interval": settings.ws_ping_interval_ms / 1000 if pings else None,
+        "ws_ping_timeout": settings.ws_ping_timeout_ms / 1000 if pings else None,
+        "ws_per_message_deflate": False,  # audio does not compress; deflate costs CPU and latency on every frame
+    }
 
 
 async def serve(settings: Settings) -> None:
@@ -98,11 +143,9 @@ async def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            ws_max_size=settings.max_message_bytes * 2,  # frames up to the limit get an error reply, not a close
-            ws_ping_interval=20,
-            ws_per_message_deflate=False,  # audio does not compress; deflate costs CPU and latency on every frame
             lifespan="off",
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
+            **uvicorn_options(settings),
         )
         server = UvicornServer(config)
 

@@ -115,6 +115,7 @@ class SessionActor:
         self._by_job: dict[str, int] = {}
         self._head_since = _mono_ms()
         self._held: dict[int, tuple[p.Utterance, float]] = {}  # utterance messages waiting for lower indices
+        self.held_bytes = 0  # their audio, bounded by max_held_bytes_per_session and (all sessions) max_held_bytes
         self._held_since: float | None = None
         self._resumed_below = 0  # utterance indexes a resumed session had taken before it was resumed
         self._group: _Group | None = None
@@ -284,12 +285,34 @@ class SessionActor:
                 p.encode(p.Error(code="INTERNAL_ERROR", message="Failed to process message: Audio decode failed"))
             )
             return
+        if i != self.next_index and (refused := self._over_held_budget(len(msg.audio))):
+            message = f"Failed to process message: utterance_index {i} not held: {refused}"
+            await self.send(p.encode(p.Error(code="INTERNAL_ERROR", message=message)))
+            return
         if len(self._held) >= MAX_HELD_UTTERANCES:  # bounded: a client far ahead waits no longer
             await self._dispatch_held(force=True)
         self._held[i] = (msg, received)
+        self.held_bytes += len(msg.audio)
         if self._held_since is None:
             self._held_since = _mono_ms()
         await self._dispatch_held(force=False)
+
+    def _over_held_budget(self, size: int) -> str | None:
+        """Why an out-of-order utterance of ``size`` bytes cannot be held (it is refused, not dropped: the
+        client may send it again, or send the lower indexes first)."""
+        s = self.settings
+        if self.held_bytes + size > s.max_held_bytes_per_session:
+            return (
+                f"this session holds {self.held_bytes} bytes of out-of-order utterances "
+                f"waiting for lower indexes (max_held_bytes_per_session {s.max_held_bytes_per_session})"
+            )
+        held = sum(actor.held_bytes for actor in self.scheduler.sessions.values())  # rare path: no counter to drift
+        if held + size > s.max_held_bytes:
+            return (
+                f"the scheduler holds {held} bytes of out-of-order utterances waiting for lower indexes "
+                f"(max_held_bytes {s.max_held_bytes})"
+            )
+        return None
 
     async def _dispatch_held(self, force: bool) -> None:
         """Dispatch held utterances in index order: the contiguous ones, or all of them when forced (§11.3)."""
@@ -298,6 +321,7 @@ class SessionActor:
             if low != self.next_index and not force:
                 break
             msg, received = self._held.pop(low)
+            self.held_bytes -= len(msg.audio)
             await self._create_from_utterance(msg, received)
         self._held_since = _mono_ms() if self._held else None
 
