@@ -174,10 +174,13 @@ async def test_sockets_that_never_introduce_themselves_are_closed(dragoman: Star
             await peer.open()
         await idle[0].send({"type": "audio_chunk", "session_id": "s-NOPE", "seq": 0, "is_final": False})
         await idle[0].expect("error")  # a frame for no session does not count as an introduction
-        gateway = LinguaWebClient(d.session_url)  # lingua's API gateway: utterances for a session of another socket
-        await gateway.open()
-        gateway.session_id = owner.session_id
-        await gateway.heartbeat()
+        # Naming another socket's session does not count either (a message acts only on its own socket's session).
+        stranger = LinguaWebClient(d.session_url)
+        await stranger.open()
+        stranger.session_id = owner.session_id
+        await stranger.send({"type": "client_heartbeat", "session_id": owner.session_id, "timestamp": 1})
+        await stranger.expect("error", code="INVALID_SESSION")
+        idle.append(stranger)
         node = LinguaNode(d.node_url)
         await node.start()
         for peer in idle:
@@ -185,11 +188,10 @@ async def test_sockets_that_never_introduce_themselves_are_closed(dragoman: Star
         assert idle[0].ws is not None and idle[0].ws.close_reason == "no session_init within 300 ms"
         assert idle[5].ws is not None and idle[5].ws.close_reason == "no node_register within 300 ms"
         await asyncio.sleep(0.5)
-        assert (await gateway.heartbeat())["session_id"] == owner.session_id  # still open
         assert (await owner.heartbeat())["session_id"] == owner.session_id
         await node.heartbeat()
         assert node.node_id in d.scheduler.nodes
-        for peer in [*idle, gateway, node]:
+        for peer in [*idle, node]:
             await peer.close()
     for _ in range(100):  # nothing of a closed socket is left behind
         if _writers() == before and not d.scheduler.nodes:

@@ -646,7 +646,7 @@ def test_assign_frames_of_different_attempts_differ_only_in_attempt_id() -> None
 
 def test_identifier_formats() -> None:
     sid, nid, jid = p.new_session_id(), p.new_node_id(), p.new_job_id()
-    assert sid.startswith("s-") and len(sid) == 10 and sid[2:] == sid[2:].upper()
+    assert sid.startswith("s-") and len(sid) == 34 and sid[2:] == sid[2:].upper()  # 128 random bits
     int(sid[2:], 16)
     assert nid.startswith("node-") and len(nid) == 13 and nid[5:] == nid[5:].upper()
     int(nid[5:], 16)

@@ -46,7 +46,9 @@ async def test_resumed_session_keeps_id_numbering_and_gets_missed_outcomes(pair:
         await node.result(jobs[1], text_translated="t1")  # answered while the client is away
 
         async with LinguaWebClient(b.session_url) as again:
-            ack2 = await again.init(two_way=False, src_lang="ja", tgt_lang="ko", resume_session_id=session_id)
+            ack2 = await again.init(
+                two_way=False, src_lang="ja", tgt_lang="ko", resume_session_id=session_id, resume_token=ack["resume_token"]
+            )
             assert (ack2["session_id"], ack2["trace_id"], ack2["resumed"]) == (session_id, ack["trace_id"], True)
             missed = await again.outcomes(2)
             assert [(o["utterance_index"], o["text_translated"]) for o in missed] == [(1, "t1"), (2, "t2")]
@@ -150,7 +152,7 @@ async def test_instance_killed_under_load_loses_nothing(any_store_url: str) -> N
             session_id = c.session_id
             again = LinguaWebClient(f"{url[port_b]}/ws/session")
             await again.open()
-            ack = await again.init(two_way=False, resume_session_id=session_id)
+            ack = await again.init(two_way=False, resume_session_id=session_id, resume_token=c.ack["resume_token"])
             assert ack["resumed"] is True
             outcomes[session_id or ""] = delivered
             resumed.append(again)

@@ -15,7 +15,7 @@ async def test_web_client_utterance_reaches_node_and_result_comes_back(dragoman:
         await node.start()
         ack = await client.init()
         assert ack["use_binary_frame"] is False
-        assert ack["session_id"].startswith("s-") and len(ack["session_id"]) == 10
+        assert ack["session_id"].startswith("s-") and len(ack["session_id"]) == 34  # 128 random bits, in hex
         audio = [voiced_chunk(), voiced_chunk(), voiced_chunk()]
         for chunk in audio:
             await client.chunk(chunk)

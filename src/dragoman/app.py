@@ -15,12 +15,16 @@ from starlette.websockets import WebSocket
 
 from dragoman import http_api, metrics, views
 from dragoman import protocol as p
+from dragoman.admission import Admission, client_check, guarded, operator_check
+from dragoman.auth import Auth
 from dragoman.connection import Connection
+from dragoman.limits import ClientRates, RateLimitedLog
 from dragoman.nodes import NodeLink
 from dragoman.scheduler import Scheduler
 from dragoman.session import SessionActor
 
 log = logging.getLogger(__name__)
+_limit_log = RateLimitedLog(log)
 
 
 def _mono_ms() -> float:
@@ -53,9 +57,11 @@ async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIt
             yield text
 
 
-def create_app(scheduler: Scheduler) -> Starlette:
+def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
+    """The app; ``auth`` (default: from the settings) is what ``dragoman serve`` reloads on SIGHUP."""
     limit = scheduler.settings.max_message_bytes
     settings = scheduler.settings
+    admission = Admission(auth or Auth(settings), settings.max_connections_per_peer)
 
     def connection(websocket: WebSocket, name: str) -> Connection:
         return Connection(websocket, name, max_unsent_bytes=settings.max_unsent_bytes)
@@ -72,11 +78,13 @@ def create_app(scheduler: Scheduler) -> Starlette:
         return asyncio.get_running_loop().call_later(timeout / 1000, check) if timeout else None
 
     async def session_socket(websocket: WebSocket) -> None:
-        await websocket.accept()
+        admitted = await admission.admit(websocket, "session")
+        if admitted is None:
+            return
         conn = connection(websocket, "client")
         owned = _SocketSessions()
-        # In use once it opens a session, or sends to a live one (lingua's API gateway sends its utterances on
-        # a socket of their own).
+        rates = ClientRates(settings.max_messages_per_s, settings.max_audio_speed, settings.max_length_bytes)
+        # In use once it opens a session (messages for other sockets' sessions are refused: see _own).
         in_use = False
         handshake = close_unless(conn, "session_init", lambda: in_use)
         try:
@@ -87,6 +95,9 @@ def create_app(scheduler: Scheduler) -> Starlette:
                         _error("INVALID_MESSAGE", f"Invalid message format: message larger than {limit} bytes")
                     )
                     continue
+                if over := rates.frame():
+                    _limited(conn, "messages_per_s", over)
+                    continue
                 try:
                     msg = p.decode_client(text)
                 except p.ProtocolError as exc:
@@ -96,10 +107,17 @@ def create_app(scheduler: Scheduler) -> Starlette:
                     else:
                         conn.send_nowait(_error("INVALID_MESSAGE", f"Invalid message format: {exc.detail}"))
                     continue
+                if over := rates.audio_bytes(_audio_chars(msg)):
+                    _limited(conn, "audio_speed", over)
+                    continue
+                if isinstance(msg, p.SessionInit) and len(scheduler.sessions) >= settings.max_sessions:
+                    metrics.LIMITED.inc("sessions")
+                    conn.close(1013, f"this instance holds its maximum of {settings.max_sessions} sessions")
+                    break
                 _route_client(scheduler, conn, owned, msg, received)
-                named = getattr(msg, "session_id", None)
-                in_use = in_use or isinstance(msg, p.SessionInit) or named in scheduler.sessions
+                in_use = in_use or isinstance(msg, p.SessionInit)
         finally:
+            admission.leave(admitted)
             if handshake is not None:
                 handshake.cancel()
             for actor in owned:
@@ -107,9 +125,11 @@ def create_app(scheduler: Scheduler) -> Starlette:
             conn.close()
 
     async def node_socket(websocket: WebSocket) -> None:
-        await websocket.accept()
+        admitted = await admission.admit(websocket, "node")
+        if admitted is None:
+            return
         conn = connection(websocket, "node")
-        link = NodeLink(scheduler, conn)
+        link = NodeLink(scheduler, conn, owner=admitted.name, peer=admitted.peer)
         handshake = close_unless(conn, "node_register", lambda: link.node_id is not None)
         try:
             async for text in _text_frames(websocket, limit, "node"):
@@ -122,6 +142,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                     metrics.STORE_ERRORS.inc()
                     log.exception("node %s: failed to handle a frame", link.node_id)
         finally:
+            admission.leave(admitted)
             if handshake is not None:
                 handshake.cancel()
             conn.close()
@@ -138,15 +159,41 @@ def create_app(scheduler: Scheduler) -> Starlette:
     async def metrics_text(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def operator(route: Route) -> Route:
+        return Route(route.path, guarded(admission, operator_check, route.endpoint), methods=route.methods)
+
+    def for_clients(route: Route) -> Route:
+        if not route.path.startswith("/api/"):  # the API's description is public
+            return route
+        return Route(route.path, guarded(admission, client_check, route.endpoint), methods=route.methods)
+
     routes = [
         WebSocketRoute("/ws/session", session_socket),
         WebSocketRoute("/ws/node", node_socket),
         Route("/health", health),
-        Route("/metrics", metrics_text),
-        *http_api.routes(scheduler),
-        *views.routes(scheduler),
+        operator(Route("/metrics", metrics_text)),
+        *(for_clients(route) for route in http_api.routes(scheduler)),
+        *(operator(route) for route in views.routes(scheduler)),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.auth = admission.auth
+    return app
+
+
+def _audio_chars(msg: p.Inbound) -> int:
+    """The base64 audio a client message carries (what the audio rate limit counts)."""
+    if isinstance(msg, p.AudioChunk):
+        return len(msg.payload or "")
+    if isinstance(msg, p.Utterance):
+        return len(msg.audio)
+    return 0
+
+
+def _limited(conn: Connection, limit: str, why: str) -> None:
+    """A frame over a rate limit: dropped, with an error the client can show; the socket stays open."""
+    metrics.LIMITED.inc(limit)
+    _limit_log.log(logging.WARNING, limit, "client socket over a limit: %s", why)
+    conn.send_nowait(_error("RATE_LIMITED", f"Failed to process message: {why}"))
 
 
 class _SocketSessions(list[SessionActor]):
@@ -182,6 +229,14 @@ def _second_session(scheduler: Scheduler, owned: _SocketSessions) -> str | None:
     return f"Failed to process message: this socket already has {which}; one session per socket (close it first)"
 
 
+def _own(scheduler: Scheduler, owned: _SocketSessions, session_id: str) -> SessionActor | None:
+    """The socket's own live session if ``session_id`` names it. Another socket's session is answered exactly
+    as a session that does not exist: a message acts only on its own socket's session, and no answer tells
+    whether another session exists."""
+    live = owned.live(scheduler)
+    return live if live is not None and live.id == session_id else None
+
+
 def _route_client(
     scheduler: Scheduler, conn: Connection, owned: _SocketSessions, msg: p.Inbound, received: float
 ) -> None:
@@ -198,14 +253,14 @@ def _route_client(
         else:
             conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: rooms are not supported yet"))
     elif isinstance(msg, p.ClientHeartbeat):
-        if msg.session_id in scheduler.sessions:
+        if _own(scheduler, owned, msg.session_id) is not None:
             now = int(time.time() * 1000)
             conn.send_nowait(p.encode(p.ServerHeartbeat(session_id=msg.session_id, timestamp=now)))
         else:
             conn.send_nowait(_error("INVALID_SESSION", "Session does not exist"))
     else:
         session_id: str = getattr(msg, "session_id")  # noqa: B009 - every remaining type names its session
-        target = scheduler.sessions.get(session_id)
+        target = _own(scheduler, owned, session_id)
         if target is None:
             conn.send_nowait(
                 _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {session_id}")

@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
     serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve wss:// and https:// (with --ssl-keyfile)")
+    serve.add_argument("--ssl-keyfile", help="the TLS certificate's private key (PEM)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve on a non-loopback host without node tokens or client keys (anyone reaching it is trusted)",
+    )
     add_node_parser(commands)
     add_client_parsers(commands)
     bench.add_parser(commands)
@@ -53,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_url": args.redis_url,
                 "data_dir": args.data_dir,
                 "log_level": args.log_level,
+                "ssl_certfile": args.ssl_certfile,
+                "ssl_keyfile": args.ssl_keyfile,
+                "insecure": args.insecure,
             },
             config_file=args.config,
         )

@@ -79,6 +79,23 @@ class Settings:
     instance_ttl_ms: int = 10_000  # an instance that stops announcing itself is dead after this
     resume_grace_ms: int = 60_000  # a session whose socket closed can be resumed this long (§18.2)
     store_retry_ms: int = 30_000  # how long a node's result waits for an unreachable store before it is given up
+    # Security (README "Security"): secrets are `name:secret` (or a bare secret), lists or one per line in a file
+    node_tokens: tuple[str, ...] = ()  # a node must present one (?token= or Authorization: Bearer)
+    node_tokens_file: str = ""  # re-read on SIGHUP
+    client_keys: tuple[str, ...] = ()  # a client must present one (?key= on /ws/session, a header on the API)
+    client_keys_file: str = ""
+    allowed_origins: tuple[str, ...] = ()  # browser Origins admitted on /ws/session without a key ('*': any)
+    admin_keys: tuple[str, ...] = ()  # for /api/v1/cluster, /api/v1/stats and /metrics when auth is on
+    admin_keys_file: str = ""
+    open_operator_endpoints: bool = False  # true: those endpoints need no admin key even when auth is on
+    insecure: bool = False  # serve on a non-loopback host without authentication
+    ssl_certfile: str = ""  # with ssl_keyfile: serve wss:// and https://
+    ssl_keyfile: str = ""
+    # Limits against abuse (0: no limit)
+    max_messages_per_s: int = 500  # frames a socket may send per second (a burst of twice that is allowed)
+    max_audio_speed: int = 20  # audio a session may send, as a factor of real time (pcm16 16 kHz mono bytes)
+    max_connections_per_peer: int = 256  # open sockets (both paths) from one peer address
+    max_sessions: int = 10_000  # client sessions held by this instance
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -89,6 +106,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 def _coerce(name: str, value: Any) -> Any:
     kind = type(getattr(Settings(), name))
+    if kind is tuple:  # a TOML list, or a comma-separated string (the environment)
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(item, str) for item in items):
+            return tuple(item.strip() for item in items if item.strip())
+        raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if isinstance(value, str):
@@ -138,6 +160,8 @@ def load_settings(
     for name in ("cells", "store_max_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
+    if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
+        raise ConfigError("ssl_certfile and ssl_keyfile: give both (TLS) or neither")
     check_silent_node_detection(settings)
     return settings
 

@@ -147,6 +147,28 @@ async def _read_request(request: Request, limit: int) -> JobRequest | JSONRespon
     return job
 
 
+def _scope(request: Request) -> str:
+    """The name of the client key of the call ('' without client keys): its jobs belong to it."""
+    return str(getattr(request.state, "client_scope", ""))
+
+
+def _scope_tag(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:12]
+
+
+def _api_session(scope: str, idempotency_key: str) -> str:
+    """The session name of an HTTP job: its ``Idempotency-Key`` within its client key's scope, so that another
+    key's request with the same Idempotency-Key is another job."""
+    if not scope:
+        return "api-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:16]
+    return f"api-{_scope_tag(scope)}-" + hashlib.sha256(f"{scope}\n{idempotency_key}".encode()).hexdigest()[:16]
+
+
+def _readable(record: JobRecord, scope: str) -> bool:
+    """A job is read only under the client key that created it (anyone may read any job without client keys)."""
+    return not scope or record.session.startswith(f"api-{_scope_tag(scope)}-")
+
+
 def routes(scheduler: Scheduler) -> list[Route]:
     settings = scheduler.settings
     store = scheduler.store
@@ -158,7 +180,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
         job = await _read_request(request, settings.max_http_body_bytes)
         if isinstance(job, JSONResponse):
             return job
-        session = "api-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        session = _api_session(_scope(request), key)
         turn = p.new_uuid()
         assign = p.JobAssign(
             attempt_id=0,
@@ -217,7 +239,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             woken = scheduler.wait_for(job_id)
             try:
                 record = await store.get_job(job_id)
-                if record is None:
+                if record is None or not _readable(record, _scope(request)):
                     return _problem(404, "not_found", f"no job {job_id}")
                 remaining = deadline - time.monotonic()
                 if record.resolved or remaining <= 0:

@@ -100,6 +100,8 @@ FAILOVERS = Counter("dragoman_failovers_total", "Attempts after the first")
 STALE_RESULTS = Counter("dragoman_stale_results_total", "job_results dropped", ("why",))
 GAP_TIMEOUTS = Counter("dragoman_gap_timeouts_total", "Slots resolved by the ordering gap timeout")
 BAD_FRAMES = Counter("dragoman_bad_frames_total", "Frames answered or logged as malformed", ("socket",))
+REFUSED_SOCKETS = Counter("dragoman_refused_sockets_total", "Sockets refused on opening", ("path", "why"))
+LIMITED = Counter("dragoman_limited_total", "Frames dropped or sockets closed by a limit against abuse", ("limit",))
 STORE_ERRORS = Counter("dragoman_store_errors_total", "Store calls that failed")
 DISPATCH_LATENCY = Histogram(
     "dragoman_dispatch_seconds",

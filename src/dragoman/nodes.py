@@ -13,6 +13,7 @@ import msgspec
 
 from dragoman import metrics
 from dragoman import protocol as p
+from dragoman.auth import valid_node_id
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
 from dragoman.store import Outcome, Partial
@@ -38,9 +39,11 @@ DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
 
 
 class NodeLink:
-    def __init__(self, scheduler: Scheduler, conn: Connection) -> None:
+    def __init__(self, scheduler: Scheduler, conn: Connection, owner: str = "", peer: str = "") -> None:
         self.scheduler = scheduler
         self.conn = conn
+        self.owner = owner  # the name of the node token the socket presented ('' without node tokens)
+        self.peer = peer
         self.conn_token = p.new_uuid()
         self.node_id: str | None = None
         self.capacity = scheduler.settings.default_node_capacity
@@ -88,6 +91,10 @@ class NodeLink:
 
     async def _register(self, msg: p.NodeRegister) -> None:
         node_id = msg.node_id or p.new_node_id()
+        if not valid_node_id(node_id):
+            log.warning("node socket from %s: node_register with an invalid node_id %.80r; closed", self.peer, node_id)
+            self.conn.close(1008, "invalid node_id: 1-128 of letters, digits and ._:@-")
+            return
         if self.node_id is not None and self.node_id != node_id:
             await self.closed()  # the socket re-registers as another node: the old one is gone
         self.languages = msg.language_capabilities
@@ -104,8 +111,8 @@ class NodeLink:
         )
         capacity = self._capacity(msg.max_concurrent_jobs)
         try:
-            await self.scheduler.store.register_node(
-                node_id, self.conn_token, self.scheduler.instance_id, capacity, info
+            registered = await self.scheduler.store.register_node(
+                node_id, self.conn_token, self.scheduler.instance_id, capacity, info, owner=self.owner
             )
         except Exception as exc:
             if not store_unavailable(exc):
@@ -114,6 +121,16 @@ class NodeLink:
             self.scheduler.store_failed(exc)
             self.conn.close(1011)
             return
+        if registered.refused:
+            metrics.REFUSED_SOCKETS.inc("node", "node id of another token")
+            log.warning(
+                "node socket from %s (token %s): node id %s belongs to another token; closed",
+                self.peer,
+                self.owner,
+                node_id,
+            )
+            self.conn.close(1008, f"node id {node_id} is registered with another token")
+            return
         previous = self.scheduler.nodes.get(node_id)
         self.node_id = node_id
         self.scheduler.nodes[node_id] = self
@@ -121,7 +138,7 @@ class NodeLink:
             log.info("node %s registered on a new socket; closing the old one", node_id)
             previous.conn.close(1000)
         self.conn.send_nowait(p.encode(p.NodeRegisterAck.new(node_id)))
-        log.info("node %s registered (capacity %d)", node_id, capacity)
+        log.info("node %s registered from %s (token %s, capacity %d)", node_id, self.peer, self.owner or "-", capacity)
 
     async def _heartbeat(self, msg: p.NodeHeartbeat) -> None:
         assert self.node_id is not None

@@ -8,6 +8,7 @@ defaults to ``None`` (or ``False`` for omit-false flags) and the structs are enc
 from __future__ import annotations
 
 import contextlib
+import secrets
 import uuid
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -56,7 +57,8 @@ EMPTY_REASONS: Final = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
 
 
 def new_session_id() -> str:
-    return "s-" + uuid.uuid4().hex[:8].upper()
+    """128 random bits: a session id cannot be guessed (lingua's clients expect the ``s-`` prefix)."""
+    return "s-" + secrets.token_hex(16).upper()
 
 
 def new_node_id() -> str:
@@ -144,6 +146,7 @@ class SessionInit(Inbound, tag="session_init"):
     partial_update_interval_ms: int | None = None
     trace_id: str | None = None
     resume_session_id: str | None = None
+    resume_token: str | None = None  # extension: the token of session_init_ack, required to resume
 
 
 class AudioChunk(Inbound, tag="audio_chunk"):
@@ -373,9 +376,12 @@ class SessionInitAck(Outbound, tag="session_init_ack"):
     negotiated_sample_rate: int
     negotiated_channel_count: int
     resumed: bool | None = None
+    resume_token: str | None = None  # extension: what a session_init resuming this session must present
 
     @classmethod
-    def new(cls, session_id: str, trace_id: str, resumed: bool | None = None) -> SessionInitAck:
+    def new(
+        cls, session_id: str, trace_id: str, resumed: bool | None = None, resume_token: str | None = None
+    ) -> SessionInitAck:
         return cls(
             session_id=session_id,
             trace_id=trace_id,
@@ -387,6 +393,7 @@ class SessionInitAck(Outbound, tag="session_init_ack"):
             negotiated_sample_rate=16000,
             negotiated_channel_count=1,
             resumed=resumed,
+            resume_token=resume_token,
         )
 
 

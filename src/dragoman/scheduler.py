@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from dragoman import __version__, metrics
 from dragoman import protocol as p
+from dragoman.auth import new_resume_token, resume_digest
 from dragoman.config import Settings
 from dragoman.connection import Connection
 from dragoman.session import SessionActor
@@ -204,19 +205,29 @@ class Scheduler:
     # -- sessions -----------------------------------------------------------------------------------
 
     def open_session(self, conn: Connection, init: p.SessionInit) -> SessionActor:
-        actor = SessionActor(self, conn, init, p.new_session_id(), p.new_uuid())
+        resume_token = new_resume_token()
+        actor = SessionActor(
+            self, conn, init, p.new_session_id(), p.new_uuid(), resume_digest=resume_digest(resume_token)
+        )
         self.sessions[actor.id] = actor
         resumed = False if init.resume_session_id else None  # said only to a client that asked
-        conn.send_nowait(p.encode(p.SessionInitAck.new(actor.id, actor.trace_id, resumed=resumed)))
+        ack = p.SessionInitAck.new(actor.id, actor.trace_id, resumed=resumed, resume_token=resume_token)
+        conn.send_nowait(p.encode(ack))
         return actor
 
     async def resume_session(self, conn: Connection, init: p.SessionInit) -> SessionActor:
         """``session_init`` with ``resume_session_id`` (§18.2): the same session, on this socket, with its
-        numbering, settings and missed outcomes; or a new session when it cannot be resumed."""
+        numbering, settings and missed outcomes; or a new session when it cannot be resumed. A resume must
+        present the session's ``resume_token``: without it, the old session is left as it is and nothing
+        about it is told (a new session starts, as for an unknown id)."""
         session_id = init.resume_session_id or ""
         token = p.new_uuid()
+        if not init.resume_token:
+            return self.open_session(conn, init)
         try:
-            claim = await self.store.claim_session(session_id, "*", self.instance_id, token)
+            claim = await self.store.claim_session(
+                session_id, "*", self.instance_id, token, resume=resume_digest(init.resume_token)
+            )
             previous = claim.previous_owner
             snapshot = await self.store.session_snapshot(session_id) if claim.claimed else None
         except Exception as exc:
@@ -230,7 +241,8 @@ class Scheduler:
         if old is not None:
             old.supersede()
         first = msgspec.json.decode(snapshot.init, type=p.SessionInit)
-        conn.send_nowait(p.encode(p.SessionInitAck.new(session_id, snapshot.trace, resumed=True)))
+        ack = p.SessionInitAck.new(session_id, snapshot.trace, resumed=True, resume_token=init.resume_token)
+        conn.send_nowait(p.encode(ack))
         actor = SessionActor(self, conn, first, session_id, token, resumed=snapshot)
         self.sessions[session_id] = actor
         log.info("session %s resumed (was held by %s)", session_id, previous or "nobody")

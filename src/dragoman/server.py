@@ -16,7 +16,8 @@ from redis.exceptions import RedisClusterException, RedisError
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dragoman.app import create_app
-from dragoman.config import Settings
+from dragoman.auth import Auth, exposure_problem
+from dragoman.config import ConfigError, Settings
 from dragoman.scheduler import Scheduler
 from dragoman.store import Store, StoreConfigError
 from dragoman.store.embedded import EmbeddedStore
@@ -123,7 +124,48 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _auth(settings: Settings) -> Auth:
+    """The authentication settings, checked before anything starts: a non-loopback host needs them."""
+    try:
+        auth = Auth(settings)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    if problem := exposure_problem(settings, auth):
+        raise StartupError(problem)
+    return auth
+
+
+def _reload(auth: Auth) -> None:
+    """SIGHUP: re-read the token and key files; a bad file is logged and the secrets in use stay."""
+    try:
+        auth.reload()
+    except ConfigError as exc:
+        log.error("SIGHUP: %s; the secrets in use are kept", exc)
+        return
+    log.info(
+        "SIGHUP: secrets re-read (%d node tokens, %d client keys, %d admin keys)",
+        len(auth.nodes),
+        len(auth.clients),
+        len(auth.admins),
+    )
+
+
+def _tls(settings: Settings) -> dict[str, Any]:
+    if not settings.ssl_certfile:
+        return {}
+    for name in ("ssl_certfile", "ssl_keyfile"):
+        path = getattr(settings, name)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"{name} {path}: {exc.strerror or exc}") from None
+    return {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
+
+
 async def serve(settings: Settings) -> None:
+    auth = _auth(settings)
+    tls = _tls(settings)
     listener = _listen(settings.host, settings.port)
     embedded: EmbeddedStore | None = None
     supervisor: asyncio.Task[None] | None = None
@@ -139,14 +181,19 @@ async def serve(settings: Settings) -> None:
         scheduler = Scheduler(settings, store)
         await scheduler.start()
         config = uvicorn.Config(
-            create_app(scheduler),
+            create_app(scheduler, auth),
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
             lifespan="off",
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
             **uvicorn_options(settings),
+            **tls,
         )
+        try:
+            config.load()  # the certificate and key, read here so that a bad one is a startup error
+        except Exception as exc:  # ssl.SSLError, ValueError: uvicorn says what it could not load
+            raise StartupError(f"ssl_certfile/ssl_keyfile: cannot use them: {exc}") from None
         server = UvicornServer(config)
 
         def shut_down() -> None:
@@ -155,14 +202,19 @@ async def serve(settings: Settings) -> None:
                 supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
+        for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shut_down)
+        if auth.reloadable:  # SIGHUP re-reads the secret files; without any, it means the terminal went away
+            loop.add_signal_handler(signal.SIGHUP, _reload, auth)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, shut_down)
         base = f"{settings.host}:{settings.port}"
+        ws, http = ("wss", "https") if tls else ("ws", "http")
         print(
             f"Dragoman {scheduler.instance_id} serving\n"
-            f"  clients  ws://{base}/ws/session\n"
-            f"  nodes    ws://{base}/ws/node\n"
-            f"  health   http://{base}/health   metrics http://{base}/metrics   API http://{base}/openapi.json\n"
+            f"  clients  {ws}://{base}/ws/session\n"
+            f"  nodes    {ws}://{base}/ws/node\n"
+            f"  health   {http}://{base}/health   metrics {http}://{base}/metrics   API {http}://{base}/openapi.json\n"
             f"  store    {_without_password(url)}",
             flush=True,
         )

@@ -100,6 +100,7 @@ class SessionActor:
         session_id: str,
         token: str,
         resumed: SessionSnapshot | None = None,
+        resume_digest: str = "",
     ) -> None:
         self.scheduler = scheduler
         self.settings = scheduler.settings
@@ -107,6 +108,7 @@ class SessionActor:
         self.id = session_id
         self.init = init
         self.token = token  # names this actor in the session's record (a resume may race it)
+        self.resume_digest = resume_digest  # of the token a resume must present (kept in the record)
         self.trace_id = resumed.trace if resumed else (init.trace_id or p.new_uuid())
         self.delivered = -1  # outcomes up to this index have been sent
         self.segmenter = Segmenter(self.settings)
@@ -176,7 +178,7 @@ class SessionActor:
             try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
                 init = msgspec.json.encode(self.init)
                 await self.scheduler.store.open_session(
-                    self.id, self.scheduler.instance_id, self.token, init, self.trace_id
+                    self.id, self.scheduler.instance_id, self.token, init, self.trace_id, self.resume_digest
                 )
             except Exception as exc:
                 self.scheduler.store_failed(exc)

@@ -181,7 +181,7 @@ class SessionConfig:
             **options,
         )
 
-    def init_message(self, resume_session_id: str | None = None) -> p.SessionInit:
+    def init_message(self, resume_session_id: str | None = None, resume_token: str | None = None) -> p.SessionInit:
         return p.SessionInit(
             client_version=self.client_version,
             platform=self.platform,
@@ -196,6 +196,7 @@ class SessionConfig:
             auto_langs=list(self.auto_langs) if self.auto_langs is not None else None,
             trace_id=self.trace_id,
             resume_session_id=resume_session_id,
+            resume_token=resume_token,
         )
 
 
@@ -340,7 +341,8 @@ class SessionClient:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="dragoman-client heartbeat")
         return self._link.ack
 
-    async def _open(self, resume: str | None) -> _Link:
+    async def _open(self, resume: p.SessionInitAck | None) -> _Link:
+        """A socket with a session: a new one, or ``resume``'s session (by its id and its resume token)."""
         problems: list[str] = []
         for url in self.urls:
             try:
@@ -349,7 +351,8 @@ class SessionClient:
                 problems.append(f"{url}: {_describe(exc)}")
                 continue
             try:
-                await ws.send(encode_message(self.config.init_message(resume)))
+                init = self.config.init_message(resume and resume.session_id, resume and resume.resume_token)
+                await ws.send(encode_message(init))
                 ack, early = await asyncio.wait_for(self._await_ack(ws), self.ack_timeout)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 problems.append(f"{url}: no session_init_ack ({_describe(exc)})")
@@ -556,7 +559,7 @@ class SessionClient:
             attempts += 1
             await asyncio.sleep(delay)
             try:
-                link = await self._open(resume=previous)
+                link = await self._open(resume=old.ack)
             except ConnectError as exc:
                 log.warning("reconnection attempt %d failed: %s", attempts, exc)
                 last = exc

@@ -148,6 +148,7 @@ class HeartbeatReply(_Reply, frozen=True):
 class RegisterReply(_Reply, frozen=True):
     previous_conn: str
     previous_instance: str
+    refused: bool = False  # the node id belongs to another node token
 
 
 class MarkReply(_Reply, frozen=True):

@@ -330,15 +330,20 @@ class Store:
 
     # -- nodes ------------------------------------------------------------------------------------
 
-    async def register_node(self, node: str, conn: str, instance: str, cap: int, info: bytes) -> RegisterReply:
+    async def register_node(
+        self, node: str, conn: str, instance: str, cap: int, info: bytes, owner: str = ""
+    ) -> RegisterReply:
+        """Bind ``node`` to the socket ``conn``, unless the id belongs to a node token other than ``owner``."""
         k = self.keys
         cell = k.node_cell(node)
         reply = await self._cell(
             "register_node",
             [k.deadlines(cell), k.node(cell, node), k.node_jobs(cell, node)],
-            [node, conn, instance, cap, info, self.settings.node_liveness_ms, self.settings.reconnect_grace_ms],
+            [node, conn, instance, cap, info, self.settings.node_liveness_ms, self.settings.reconnect_grace_ms, owner],
             RegisterReply,
         )
+        if reply.refused:
+            return reply
         async with self._connection(), self.client.pipeline(transaction=False) as pipe:
             # The instance's own set of the nodes it holds (only it writes it): a takeover ends them.
             pipe.sadd(k.instance_nodes(instance), node)
@@ -392,10 +397,13 @@ class Store:
 
     # -- sessions ---------------------------------------------------------------------------------
 
-    async def open_session(self, session: str, instance: str, actor: str, init: bytes, trace: str) -> None:
+    async def open_session(
+        self, session: str, instance: str, actor: str, init: bytes, trace: str, resume: str = ""
+    ) -> None:
+        """The session's record; ``resume`` is the digest of the token a resume must present."""
         key = self.keys.session(session)
         async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"owner": instance, "actor": actor, "init": init, "trace": trace})
+            pipe.hset(key, mapping={"owner": instance, "actor": actor, "init": init, "trace": trace, "resume": resume})
             pipe.pexpire(key, self.settings.resume_grace_ms)
             await pipe.execute()
 
@@ -422,12 +430,15 @@ class Store:
             pipe.delete(k.session_jobs(k.home_cell(session), session))
             await pipe.execute()
 
-    async def claim_session(self, session: str, expected_actor: str, owner: str, actor: str) -> ClaimReply:
-        """Give the session to ``owner``/``actor`` if the actor ``expected_actor`` ('*': any) holds it."""
+    async def claim_session(
+        self, session: str, expected_actor: str, owner: str, actor: str, resume: str = "*"
+    ) -> ClaimReply:
+        """Give the session to ``owner``/``actor`` if the actor ``expected_actor`` ('*': any) holds it and
+        ``resume`` is the digest of its resume token ('*': the session's own actor, which needs none)."""
         return await self._script(
             "claim_session",
             [self.keys.session(session)],
-            [expected_actor, owner, actor, self.settings.resume_grace_ms],
+            [expected_actor, owner, actor, self.settings.resume_grace_ms, resume],
             ClaimReply,
         )
 

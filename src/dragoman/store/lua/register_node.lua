@@ -3,12 +3,17 @@
 -- ARGV[1..6] the common header (see _cell.lua)
 -- ARGV[7] node id   ARGV[8] connection token   ARGV[9] instance id   ARGV[10] capacity
 -- ARGV[11] node description (JSON, for the HTTP views)   ARGV[12] liveness window ms
--- ARGV[13] reconnect grace ms
--- Reply {v, previous_conn, previous_instance}: the socket it replaces ('' when none).
+-- ARGV[13] reconnect grace ms   ARGV[14] the name of the node token it presented ('' without node tokens)
+-- Reply {v, previous_conn, previous_instance, refused}: the socket it replaces ('' when none); refused (and
+-- nothing changed) when the id belongs to another token: the first token to register an id owns it for as long
+-- as the record lives.
 -- The node keeps its unresolved attempts (a reconnected node may still answer them), but their deadlines
 -- come forward to the reconnect grace: lingua's node drops results whose socket closed (N8).
 local node, nk = ARGV[7], KEYS[2]
-local prev = redis.call('HMGET', nk, 'conn', 'instance', 'grp')
+local prev = redis.call('HMGET', nk, 'conn', 'instance', 'grp', 'owner')
+if ARGV[14] ~= '' and prev[4] and prev[4] ~= '' and prev[4] ~= ARGV[14] then
+  return reply({previous_conn = '', previous_instance = '', refused = true})
+end
 leave_group(node, prev[3] or '')
 redis.call('HSET', nk, 'conn', ARGV[8], 'instance', ARGV[9], 'cap', ARGV[10], 'info', ARGV[11],
            'registered_ms', NOW, 'hb_ms', NOW, 'status', 'registering', 'grp', '')
@@ -17,6 +22,7 @@ for _, job_id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local due = tonumber(redis.call('ZSCORE', DEADLINES, job_id))
   if due and due > grace then redis.call('ZADD', DEADLINES, grace, job_id) end
 end
+if ARGV[14] ~= '' then redis.call('HSET', nk, 'owner', ARGV[14]) end
 redis.call('PEXPIRE', nk, BINDING_TTL)
 redis.call('ZADD', LIVE, NOW + tonumber(ARGV[12]), node)
-return reply({previous_conn = prev[1] or '', previous_instance = prev[2] or ''})
+return reply({previous_conn = prev[1] or '', previous_instance = prev[2] or '', refused = false})
