@@ -47,7 +47,11 @@ async def test_resumed_session_keeps_id_numbering_and_gets_missed_outcomes(pair:
 
         async with LinguaWebClient(b.session_url) as again:
             ack2 = await again.init(
-                two_way=False, src_lang="ja", tgt_lang="ko", resume_session_id=session_id, resume_token=ack["resume_token"]
+                two_way=False,
+                src_lang="ja",
+                tgt_lang="ko",
+                resume_session_id=session_id,
+                resume_token=ack["resume_token"],
             )
             assert (ack2["session_id"], ack2["trace_id"], ack2["resumed"]) == (session_id, ack["trace_id"], True)
             missed = await again.outcomes(2)

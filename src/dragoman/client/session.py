@@ -351,7 +351,11 @@ class SessionClient:
                 problems.append(f"{url}: {_describe(exc)}")
                 continue
             try:
-                init = self.config.init_message(resume and resume.session_id, resume and resume.resume_token)
+                init = (
+                    self.config.init_message(resume.session_id, resume.resume_token)
+                    if resume is not None
+                    else self.config.init_message()
+                )
                 await ws.send(encode_message(init))
                 ack, early = await asyncio.wait_for(self._await_ack(ws), self.ack_timeout)
             except (OSError, TimeoutError, WebSocketException) as exc:
