@@ -38,6 +38,7 @@ from websockets.asyncio.client import connect
 
 from dragoman import protocol as p
 from dragoman.agent.engines import EchoEngine, EngineConfig
+from dragoman.client.endpoints import with_query
 
 # One web-client chunk: 13 voiced 20 ms Plan A packets (260 ms); two make an utterance past min_utterance_ms.
 CHUNK_B64 = base64.b64encode(b"".join(b"\x3d\x00\x48" + bytes(range(60)) for _ in range(13))).decode()
@@ -306,7 +307,15 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: _Spawned | None) -> dict[str, Any]:
+async def run_bench(
+    scheduler: str,
+    store_url: str | None,
+    plan: Plan,
+    spawned: _Spawned | None,
+    key: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """``key`` and ``token``: the client key and node token of a scheduler with authentication."""
     bases = [url.rstrip("/") for url in scheduler.split(",")]  # sessions and nodes are spread over them
     ctx = multiprocessing.get_context("spawn")
     out, ready, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -315,7 +324,7 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
     procs = []
     first = 0
     for count in per:
-        node_urls = [f"{base}/ws/node" for base in bases]
+        node_urls = [with_query(f"{base}/ws/node", "token", token) for base in bases]
         proc = ctx.Process(target=_node_worker, args=(node_urls, first, count, plan.capacity, ready, stop, out))
         proc.start()
         procs.append(proc)
@@ -334,7 +343,7 @@ async def run_bench(scheduler: str, store_url: str | None, plan: Plan, spawned: 
     ]
     go = time.time() + 1.0
     deadline = go + plan.duration
-    session_urls = [f"{base}/ws/session" for base in bases]
+    session_urls = [with_query(f"{base}/ws/session", "key", key) for base in bases]
     starts = [sum(shares[:i]) for i in range(len(shares))]
     clients = [
         ctx.Process(target=_client_worker, args=(session_urls, start, n, plan, go, deadline, out))
@@ -448,6 +457,8 @@ def add_parser(commands: Any) -> None:
     bench.add_argument("--window", type=int, default=4, help="utterances in flight per session")
     bench.add_argument("--capacity", type=int, default=256, help="max_concurrent_jobs each node announces")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--key", help="client key of the sessions (a scheduler with client_keys)")
+    bench.add_argument("--token", help="node token of the echo nodes (a scheduler with node_tokens)")
     bench.set_defaults(func=main)
 
 
@@ -463,7 +474,7 @@ def main(args: argparse.Namespace) -> int:
     scheduler = f"ws://127.0.0.1:{spawned.port}" if spawned else args.scheduler
     store_url = spawned.store_url if spawned else args.redis_url
     try:
-        report = asyncio.run(run_bench(scheduler, store_url, plan, spawned))
+        report = asyncio.run(run_bench(scheduler, store_url, plan, spawned, args.key, args.token))
     except (OSError, TimeoutError) as exc:
         print(f"dragoman bench: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ from dragoman import protocol as p
 from dragoman.agent.engines import PROCESSING_ERROR, Engine, EngineError, EngineResult, EngineUnavailable
 from dragoman.agent.engines import capability_by_type as derive_capabilities
 from dragoman.agent.ledger import Outbox, RecentSet
+from dragoman.client.endpoints import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class AgentConfig:
 
     scheduler_urls: tuple[str, ...] = (DEFAULT_SCHEDULER,)
     token: str | None = None
+    ca_file: str | None = None  # the certificates wss:// trusts (default: the system's)
     node_id: str | None = None
     max_jobs: int = 4
     heartbeat_interval_s: float = 15.0
@@ -264,6 +266,7 @@ class NodeAgent:
             with_token(url, self.config.token),
             open_timeout=self.config.open_timeout_s,
             max_size=self.config.max_frame_bytes,
+            ssl=tls_context(self.config.ca_file) if url.startswith("wss:") else None,
         ) as ws:
             await ws.send(encode_frame(self._register_frame(), keep_null=("node_id",)), text=True)
             ack = await self._await_ack(ws)

@@ -20,6 +20,7 @@ from typing import Any
 
 from dragoman.agent.agent import DEFAULT_SCHEDULER, AgentConfig, NodeAgent
 from dragoman.agent.engines import EngineConfig, UnknownEngine, load_engine
+from dragoman.client.endpoints import tls_context
 from dragoman.config import configure_logging
 
 
@@ -51,6 +52,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("--max-jobs", _env("MAX_JOBS"), int, 4),
     _Option("--node-id", _env("ID")),
     _Option("--token", _env("TOKEN")),
+    _Option("--ca-file", _env("CA_FILE")),
     _Option("--heartbeat-s", _env("HEARTBEAT_S"), float, 15.0),
     _Option("--log-level", _env("LOG_LEVEL"), str, "info"),
     _Option("--engine-opt", _env("ENGINE_OPT"), many=True, default=()),
@@ -113,6 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--max-jobs", "jobs run at once, announced as max_concurrent_jobs", metavar="N")
     _add(parser, "--node-id", "node id to register with (default: assigned by the scheduler)", metavar="ID")
     _add(parser, "--token", "node token, sent as ?token= in the URL (never logged)", metavar="T")
+    _add(
+        parser,
+        "--ca-file",
+        "CA certificates (PEM) trusted for a wss:// scheduler (default: the system's)",
+        metavar="PEM",
+    )
     _add(parser, "--heartbeat-s", "seconds between heartbeats", metavar="S")
     _add(parser, "--log-level", "debug, info, warning or error", metavar="LEVEL")
     _add(parser, "--engine-opt", "option for a plugin engine, KEY=VALUE; repeatable", metavar="KEY=VALUE")
@@ -193,6 +201,15 @@ def _check_ws_url(url: str) -> str:
     return url
 
 
+def _check_ca_file(ca_file: str | None) -> str | None:
+    if ca_file:
+        try:
+            tls_context(ca_file)
+        except ValueError as exc:
+            raise ConfigError(f"--ca-file: {exc}") from None
+    return ca_file or None
+
+
 @dataclass(frozen=True)
 class NodeOptions:
     engine: str
@@ -217,6 +234,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         agent = AgentConfig(
             scheduler_urls=tuple(_check_ws_url(u) for u in v["scheduler"]),
             token=v["token"] or None,
+            ca_file=_check_ca_file(v["ca_file"]),
             node_id=v["node_id"] or None,
             max_jobs=v["max_jobs"],
             heartbeat_interval_s=v["heartbeat_s"],

@@ -27,6 +27,7 @@ EXIT_USAGE = 2
 EXIT_SCHEDULER = 3
 EXIT_INTERRUPTED = 130
 MAX_PCM16_UTTERANCE_S = 120
+KEY_ENV = "DRAGOMAN_KEY"
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -84,6 +85,11 @@ def add_parsers(subparsers: Any) -> None:
 
 
 def _scheduler_argument(parser: argparse.ArgumentParser, many: bool) -> None:
+    """``--scheduler``, and what reaching a scheduler with authentication and TLS needs."""
+    parser.add_argument(
+        "--key", default=os.environ.get(KEY_ENV), help=f"the client key (admin key for status); default ${KEY_ENV}"
+    )
+    parser.add_argument("--ca-file", metavar="PEM", help="certificates to trust for wss:// and https:// URLs")
     parser.add_argument(
         "--scheduler",
         action="append" if many else "store",
@@ -122,6 +128,7 @@ def translate_command(args: argparse.Namespace) -> int:
     urls = args.scheduler or default_schedulers()
     try:
         urls = [session_url(u) for u in urls]
+        _check_ca_file(args.ca_file)
     except ValueError as exc:
         return _fail(name, str(exc), EXIT_USAGE)
     options = TranslateOptions(
@@ -133,6 +140,8 @@ def translate_command(args: argparse.Namespace) -> int:
         cut_every=args.cut_every,
         out_dir=args.out,
         timeout=args.timeout,
+        key=args.key,
+        ca_file=args.ca_file,
     )
     return _run(name, lambda: _translate(options, args.json))
 
@@ -158,15 +167,24 @@ def status_command(args: argparse.Namespace) -> int:
     url = args.scheduler or default_schedulers()[0]
     try:
         http_base(url)
+        _check_ca_file(args.ca_file)
     except ValueError as exc:
         return _fail(name, str(exc), EXIT_USAGE)
-    return _run(name, lambda: _status(url, args.json))
+    return _run(name, lambda: _status(url, args.json, args.key, args.ca_file))
 
 
-async def _status(url: str, as_json: bool) -> int:
+def _check_ca_file(ca_file: str | None) -> None:
+    """A CA file that cannot be used is a usage error, found before connecting."""
+    if ca_file:
+        from dragoman.client.endpoints import tls_context
+
+        tls_context(ca_file)
+
+
+async def _status(url: str, as_json: bool, key: str | None, ca_file: str | None) -> int:
     from dragoman.client.status import fetch_status, print_json, render
 
-    cluster, raw = await fetch_status(url)
+    cluster, raw = await fetch_status(url, key=key, ca_file=ca_file)
     if as_json:
         print_json(raw)
     else:

@@ -8,7 +8,8 @@ any of them instead of asking for two flags.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+import ssl
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 DEFAULT_SCHEDULER = "ws://127.0.0.1:5010/ws/session"
 #: Environment variable with the default scheduler URL(s), comma-separated.
@@ -51,3 +52,21 @@ def http_base(url: str) -> str:
     if scheme not in _TO_HTTP:
         raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r} (use ws, wss, http or https)")
     return urlunsplit((_TO_HTTP[scheme], netloc, "", "", ""))
+
+
+def with_query(url: str, name: str, value: str | None) -> str:
+    """``url`` with ``name=value`` added to its query (a client key, a node token); unchanged for None."""
+    if not value:
+        return url
+    parts = urlsplit(url)
+    query = urlencode({name: value})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The TLS settings of wss:// and https://: the system's trusted certificates, or those of ``ca_file``
+    (for a scheduler with a private CA or a self-signed certificate)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"CA file {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None

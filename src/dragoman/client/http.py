@@ -17,7 +17,7 @@ import httpx
 import msgspec
 
 from dragoman import protocol as p
-from dragoman.client.endpoints import http_base
+from dragoman.client.endpoints import http_base, tls_context
 from dragoman.client.errors import ApiError, ConnectError
 
 #: The server answers a long-poll after at most this many seconds (``http_api.MAX_WAIT_S``).
@@ -85,10 +85,18 @@ class ApiClient:
         *,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        key: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
+        """``key``: the client or admin key, sent as ``Authorization: Bearer``; ``ca_file``: the certificates
+        that https:// trusts (default: the system's)."""
         self.base_url = http_base(url)
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        verify = tls_context(ca_file) if ca_file else True
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, headers=headers, verify=verify
+        )
 
     async def request(
         self,

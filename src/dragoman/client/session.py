@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from dragoman import __version__
 from dragoman import protocol as p
-from dragoman.client.endpoints import session_url
+from dragoman.client.endpoints import session_url, tls_context, with_query
 from dragoman.client.errors import (
     ClientError,
     CloseTimeoutError,
@@ -261,8 +261,12 @@ class SessionClient:
         ui_events: bool = False,
         asr_partials: bool = True,
         send_timestamps: bool = True,
+        key: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.urls = [session_url(u) for u in ([urls] if isinstance(urls, str) else urls)]
+        self.key = key  # the client key, sent as ?key= (never part of the URLs shown)
+        self._tls = tls_context(ca_file) if any(u.startswith("wss:") for u in self.urls) else None
         if not self.urls:
             raise ValueError("SessionClient needs at least one scheduler URL")
         self.config = config
@@ -346,7 +350,13 @@ class SessionClient:
         problems: list[str] = []
         for url in self.urls:
             try:
-                ws = await connect(url, open_timeout=self.open_timeout, max_size=MAX_FRAME_BYTES, close_timeout=2)
+                ws = await connect(
+                    with_query(url, "key", self.key),
+                    open_timeout=self.open_timeout,
+                    max_size=MAX_FRAME_BYTES,
+                    close_timeout=2,
+                    ssl=self._tls if url.startswith("wss:") else None,
+                )
             except (OSError, TimeoutError, WebSocketException) as exc:
                 problems.append(f"{url}: {_describe(exc)}")
                 continue

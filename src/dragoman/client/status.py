@@ -11,9 +11,11 @@ from dragoman.client.errors import ApiError
 from dragoman.client.http import ApiClient
 
 
-async def fetch_status(url: str, timeout: float = 10.0) -> tuple[ClusterInfo, Any]:
+async def fetch_status(
+    url: str, timeout: float = 10.0, key: str | None = None, ca_file: str | None = None
+) -> tuple[ClusterInfo, Any]:
     """The cluster view of the scheduler at ``url``; a 404 is explained (older instances lack the endpoint)."""
-    async with ApiClient(url, timeout=timeout) as api:
+    async with ApiClient(url, timeout=timeout, key=key, ca_file=ca_file) as api:
         try:
             return await get_cluster(api)
         except ApiError as exc:

@@ -49,6 +49,8 @@ class TranslateOptions:
     #: Seconds to wait for outstanding outcomes once all audio is sent.
     timeout: float = 60.0
     heartbeat_interval: float = 30.0
+    key: str | None = None  # the client key (?key=)
+    ca_file: str | None = None  # the certificates wss:// trusts (default: the system's)
 
 
 async def translate(options: TranslateOptions, reporter: Reporter) -> Summary:
@@ -59,7 +61,14 @@ async def translate(options: TranslateOptions, reporter: Reporter) -> Summary:
     if options.audio_format == "opus":
         OpusEncoder()  # fails now, before connecting, if the codec is missing
     writer = TtsWriter(options.out_dir) if options.out_dir is not None else None
-    client = SessionClient(options.urls, options.config, ui_events=True, heartbeat_interval=options.heartbeat_interval)
+    client = SessionClient(
+        options.urls,
+        options.config,
+        ui_events=True,
+        heartbeat_interval=options.heartbeat_interval,
+        key=options.key,
+        ca_file=options.ca_file,
+    )
     ack = await client.connect()
     tracker = OutcomeTracker()
     run = _Run(client, tracker, reporter, writer)
