@@ -142,12 +142,16 @@ class Peer:
         self.received: list[Frame] = []
         #: Every frame sent with :meth:`send`, in order.
         self.sent: list[Frame] = []
+        #: Extra HTTP headers of the opening handshake (e.g. a browser's ``Origin``).
+        self.headers: dict[str, str] = {}
 
     # -- connection --
 
     async def open(self) -> None:
         """Open the WebSocket connection."""
-        self.ws = await connect(self.url, max_size=None, ping_interval=None, open_timeout=5)
+        self.ws = await connect(
+            self.url, max_size=None, ping_interval=None, open_timeout=5, additional_headers=self.headers
+        )
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -112,8 +112,9 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
                     continue
                 if isinstance(msg, p.SessionInit) and len(scheduler.sessions) >= settings.max_sessions:
                     metrics.LIMITED.inc("sessions")
+                    _limit_log.log(logging.WARNING, "sessions", "session refused: %d held", settings.max_sessions)
                     conn.close(1013, f"this instance holds its maximum of {settings.max_sessions} sessions")
-                    break
+                    continue  # until the peer answers the close
                 _route_client(scheduler, conn, owned, msg, received)
                 in_use = in_use or isinstance(msg, p.SessionInit)
         finally:

@@ -1,0 +1,399 @@
+"""Security: each attack of issue 10, tried from outside against a real instance, is refused; lingua's peers
+still work with authentication on (README "Security")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from dragoman import metrics
+from dragoman.auth import Auth, exposure_problem, valid_node_id
+from dragoman.config import ConfigError, Settings, load_settings
+
+from conftest import Running, StartDragoman
+from peers import LinguaNode, LinguaWebClient, pcm16
+
+NODE_TOKENS = ("alice:alice-secret", "bob:bob-secret")
+CLIENT_KEYS = ("app:app-key", "other:other-key")
+ADMIN_KEYS = ("ops:ops-key",)
+WEB_ORIGIN = "https://translate.example.org"
+AUTH: dict[str, Any] = {
+    "node_tokens": NODE_TOKENS,
+    "client_keys": CLIENT_KEYS,
+    "admin_keys": ADMIN_KEYS,
+    "allowed_origins": (WEB_ORIGIN,),
+}
+
+
+def close_reason(peer: LinguaNode | LinguaWebClient) -> str:
+    assert peer.ws is not None
+    return str(peer.ws.close_reason)
+
+
+async def refused(peer: LinguaNode | LinguaWebClient) -> tuple[int | None, str]:
+    """Open the socket and wait for the server to close it: (code, reason)."""
+    await peer.open()
+    code = await peer.wait_closed()
+    return code, close_reason(peer)
+
+
+def node(d: Running, token: str | None = None, **kw: Any) -> LinguaNode:
+    return LinguaNode(d.node_url + (f"?token={token}" if token else ""), **kw)
+
+
+def client(d: Running, key: str | None = None) -> LinguaWebClient:
+    return LinguaWebClient(d.session_url + (f"?key={key}" if key else ""))
+
+
+# -- nodes ------------------------------------------------------------------------------------------
+
+
+async def test_a_node_without_a_valid_token_is_closed_before_any_job(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    assert await refused(node(d)) == (1008, "node token required (?token= or Authorization: Bearer)")
+    assert await refused(node(d, "guess")) == (1008, "node token not valid")
+    assert not d.scheduler.nodes
+    # A session's utterance reaches no refused socket: it waits for a node, and the one that comes gets it.
+    async with client(d, "app-key") as user:
+        await user.init(two_way=False)
+        await user.utterance(0, pcm16(600))
+        good = node(d, "alice-secret")
+        await good.start()
+        job = await good.next_job()
+        assert job["session_id"] == user.session_id
+        await good.close()
+
+
+async def test_electron_style_node_with_token_in_its_url_and_a_bearer_node(dragoman: StartDragoman) -> None:
+    """lingua's Electron node takes any URL: ``?token=`` in it is all it needs; the agent may send a header."""
+    d = await dragoman(**AUTH)
+    electron = node(d, "alice-secret")
+    await electron.start()
+    bearer = LinguaNode(d.node_url)
+    bearer.headers = {"Authorization": "Bearer bob-secret"}
+    await bearer.start()
+    async with client(d, "app-key") as user:
+        await user.init(two_way=False)
+        await user.utterance(0, pcm16(600))
+        job = await electron.next_job() if electron.node_id in d.scheduler.nodes else await bearer.next_job()
+        await (electron if job in electron.jobs else bearer).result(job, text_translated="hello")
+        [outcome] = await user.outcomes(1)
+        assert outcome["type"] == "translation_result" and outcome["text_translated"] == "hello"
+    await electron.close()
+    await bearer.close()
+
+
+async def test_a_node_id_belongs_to_the_token_that_first_registered_it(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    victim = node(d, "alice-secret", node_id="gpu-1")
+    await victim.start()
+    thief = node(d, "bob-secret", node_id="gpu-1")
+    await thief.open()
+    await thief.send(thief.register_frame())
+    assert await thief.wait_closed() == 1008
+    assert close_reason(thief) == "node id gpu-1 is registered with another token"
+    # The victim keeps its socket and its jobs.
+    assert d.scheduler.nodes["gpu-1"].owner == "alice"
+    await victim.heartbeat()
+    async with client(d, "app-key") as user:
+        await user.init(two_way=False)
+        await user.utterance(0, pcm16(600))
+        await victim.next_job()
+    # Its own token may register it again (a reconnect), even while the record lives on.
+    await victim.close()
+    again = node(d, "alice-secret", node_id="gpu-1")
+    assert await again.start() == "gpu-1"
+    await again.close()
+
+
+async def test_node_ids_are_validated(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    bad = LinguaNode(d.node_url, node_id="x" * 200)
+    await bad.open()
+    await bad.send(bad.register_frame())
+    assert await bad.wait_closed() == 1008
+    assert close_reason(bad).startswith("invalid node_id")
+    assert valid_node_id("node-0A1B") and valid_node_id("gpu.rack-2:0@eu")
+    assert not valid_node_id("") and not valid_node_id("a b") and not valid_node_id("{cell}") and not valid_node_id("é")
+
+
+# -- clients and Origins ------------------------------------------------------------------------------
+
+
+async def test_clients_need_a_key_or_an_allowed_origin(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    assert await refused(client(d)) == (1008, "client key required (?key= or Authorization: Bearer)")
+    assert await refused(client(d, "nope")) == (1008, "client key not valid")
+    # lingua's web client sends no key: a browser page of an allowed origin is admitted by its Origin.
+    web = client(d)
+    web.headers = {"Origin": WEB_ORIGIN}
+    await web.open()
+    ack = await web.init()
+    assert ack["session_id"].startswith("s-")
+    await web.close()
+    async with client(d, "app-key") as keyed:
+        await keyed.init(two_way=False)
+
+
+async def test_a_disallowed_origin_is_refused_on_both_sockets(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    page = client(d, "app-key")  # even with a key: the page is not one of ours
+    page.headers = {"Origin": "https://evil.example"}
+    assert await refused(page) == (1008, "origin not allowed")
+    rogue = node(d, "alice-secret")
+    rogue.headers = {"Origin": "https://evil.example"}
+    assert await refused(rogue) == (1008, "origin not allowed")
+    assert metrics.REFUSED_SOCKETS.get("session", "origin not allowed") >= 1
+
+
+async def test_without_auth_everything_works_as_before(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    web = LinguaWebClient(d.session_url)
+    web.headers = {"Origin": "http://localhost:3000"}
+    async with web:
+        await web.init()
+    async with LinguaNode(d.node_url) as n:
+        await n.register()
+    async with httpx.AsyncClient(base_url=d.http) as http:
+        assert (await http.get("/api/v1/stats")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 200
+
+
+# -- sessions -----------------------------------------------------------------------------------------
+
+
+async def test_a_message_naming_another_session_changes_nothing_and_reveals_nothing(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    gpu = node(d, "alice-secret")
+    await gpu.start()
+    async with client(d, "app-key") as owner, client(d, "other-key") as attacker:
+        await owner.init(two_way=False)
+        await attacker.init(two_way=False)
+        target = owner.session_id
+        assert target is not None
+        answers = []
+        for session_id in (target, "s-" + "0" * 32):  # a live session of another socket, and none at all
+            for frame in (
+                {"type": "client_heartbeat", "session_id": session_id, "timestamp": 1},
+                {"type": "utterance", "session_id": session_id, "utterance_index": 0, "manual_cut": True}
+                | {"audio": "AAAA", "audio_format": "pcm16", "sample_rate": 16000},
+                {"type": "audio_chunk", "session_id": session_id, "seq": 0, "is_final": True, "payload": "AAAA"},
+                {"type": "session_close", "session_id": session_id, "reason": "user"},
+            ):
+                await attacker.send(frame)
+                error = await attacker.expect("error")
+                answers.append((error["code"], error["message"].replace(session_id, "<id>")))
+        half = len(answers) // 2
+        assert answers[:half] == answers[half:]  # the same answers: nothing tells the live one from none
+        assert answers[0] == ("INVALID_SESSION", "Session does not exist")
+        await gpu.expect_nothing(0.3, types={"job_assign"})
+        assert (await owner.heartbeat())["session_id"] == target  # the session is untouched
+        await owner.utterance(0, pcm16(600))
+        assert (await gpu.next_job())["session_id"] == target
+    await gpu.close()
+
+
+async def test_a_resume_needs_the_sessions_resume_token(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    gpu = node(d, "alice-secret")
+    await gpu.start()
+    owner = client(d, "app-key")
+    await owner.open()
+    ack = await owner.init(two_way=False)
+    session_id, token = ack["session_id"], ack["resume_token"]
+    assert len(token) >= 43  # 256 random bits
+    await owner.utterance(0, pcm16(600))
+    job = await gpu.next_job()
+    for tried in ({}, {"resume_token": "wrong"}, {"resume_token": token + "x"}):
+        async with client(d, "other-key") as thief:
+            stolen = await thief.init(two_way=False, resume_session_id=session_id, **tried)
+            assert stolen["session_id"] != session_id and stolen["resumed"] is False
+    await gpu.result(job, text_translated="for the owner only")
+    [outcome] = await owner.outcomes(1)  # the owner still gets its outcome
+    assert outcome["text_translated"] == "for the owner only"
+    await owner.close()
+    async with client(d, "app-key") as back:
+        resumed = await back.init(two_way=False, resume_session_id=session_id, resume_token=token)
+        assert (resumed["session_id"], resumed["resumed"], resumed["resume_token"]) == (session_id, True, token)
+    await gpu.close()
+
+
+# -- HTTP jobs and operator endpoints -----------------------------------------------------------------
+
+
+def _job_body() -> dict[str, Any]:
+    import base64
+
+    return {"audio": base64.b64encode(pcm16(600)).decode(), "src_lang": "zh", "tgt_lang": "en"}
+
+
+async def test_http_jobs_belong_to_their_client_key(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    app, other = {"Authorization": "Bearer app-key"}, {"Authorization": "Bearer other-key"}
+    async with httpx.AsyncClient(base_url=d.http) as http:
+        assert (await http.post("/api/v1/jobs", json=_job_body())).status_code == 401
+        wrong = await http.post("/api/v1/jobs", json=_job_body(), headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 401 and wrong.json()["message"] == "client key not valid"
+        created = await http.post("/api/v1/jobs", json=_job_body(), headers=app | {"Idempotency-Key": "k1"})
+        assert created.status_code == 202
+        job_id = created.json()["job_id"]
+        assert (await http.get(f"/api/v1/jobs/{job_id}", headers=app)).status_code == 200
+        assert (await http.get(f"/api/v1/jobs/{job_id}", headers=other)).status_code == 404
+        # The same Idempotency-Key under another key is another job; under the same key, the same one.
+        theirs = await http.post("/api/v1/jobs", json=_job_body(), headers=other | {"Idempotency-Key": "k1"})
+        assert theirs.json()["job_id"] != job_id and "Idempotent-Replayed" not in theirs.headers
+        replay = await http.post("/api/v1/jobs", json=_job_body(), headers=app | {"Idempotency-Key": "k1"})
+        assert replay.json()["job_id"] == job_id and replay.headers["Idempotent-Replayed"] == "true"
+        assert (await http.get("/openapi.json")).status_code == 200  # the description stays public
+
+
+async def test_without_client_keys_idempotency_is_global_as_before(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    async with httpx.AsyncClient(base_url=d.http) as http:
+        first = await http.post("/api/v1/jobs", json=_job_body(), headers={"Idempotency-Key": "same"})
+        again = await http.post("/api/v1/jobs", json=_job_body(), headers={"Idempotency-Key": "same"})
+        assert first.json()["job_id"] == again.json()["job_id"]
+        assert (await http.get(f"/api/v1/jobs/{first.json()['job_id']}")).status_code == 200
+
+
+async def test_operator_endpoints_need_an_admin_key_when_auth_is_on(dragoman: StartDragoman) -> None:
+    d = await dragoman(**AUTH)
+    async with httpx.AsyncClient(base_url=d.http) as http:
+        for path in ("/api/v1/cluster", "/api/v1/stats", "/metrics"):
+            assert (await http.get(path)).status_code == 401
+            assert (await http.get(path, headers={"Authorization": "Bearer app-key"})).status_code == 401
+            assert (await http.get(path, headers={"Authorization": "Bearer ops-key"})).status_code == 200
+        assert (await http.get("/health")).status_code == 200
+    opened = await dragoman(**AUTH, open_operator_endpoints=True)
+    async with httpx.AsyncClient(base_url=opened.http) as http:
+        assert (await http.get("/api/v1/cluster")).status_code == 200
+
+
+# -- limits ---------------------------------------------------------------------------------------------
+
+
+async def test_messages_per_second_are_limited_per_socket(dragoman: StartDragoman) -> None:
+    d = await dragoman(max_messages_per_s=5)
+    before = metrics.LIMITED.get("messages_per_s")
+    async with LinguaWebClient(d.session_url) as flood, LinguaWebClient(d.session_url) as calm:
+        await flood.init(two_way=False)
+        await calm.init(two_way=False)
+        for _ in range(30):
+            await flood.send({"type": "client_heartbeat", "session_id": flood.session_id, "timestamp": 1})
+        limited = 0
+        for _ in range(30):
+            frame = await flood.recv()
+            if frame["type"] == "error":
+                assert frame["code"] == "RATE_LIMITED" and "messages per second" in frame["message"]
+                limited += 1
+        assert 10 <= limited < 30  # the burst passed, the rest were dropped
+        assert (await calm.heartbeat())["session_id"] == calm.session_id  # other sockets are not affected
+        await asyncio.sleep(1.0)
+        assert (await flood.heartbeat())["session_id"] == flood.session_id  # and the socket recovers
+    assert metrics.LIMITED.get("messages_per_s") - before == limited
+
+
+async def test_audio_faster_than_the_allowed_factor_of_real_time_is_refused(dragoman: StartDragoman) -> None:
+    d = await dragoman(max_audio_speed=1, max_length_bytes=320_000)
+    gpu = LinguaNode(d.node_url)
+    await gpu.start()
+    async with LinguaWebClient(d.session_url) as fast:
+        await fast.init(two_way=False)
+        await fast.utterance(0, pcm16(9000))  # 9 s at once: within the burst of one long utterance
+        await gpu.next_job()
+        await fast.utterance(1, pcm16(9000))  # another 9 s at once: beyond real time
+        error = await fast.expect("error")
+        assert error["code"] == "RATE_LIMITED" and "1x real time" in error["message"]
+        await gpu.expect_nothing(0.3, types={"job_assign"})
+    await gpu.close()
+
+
+async def test_open_connections_per_peer_address_are_limited(dragoman: StartDragoman) -> None:
+    d = await dragoman(max_connections_per_peer=3)
+    held = [LinguaWebClient(d.session_url), LinguaWebClient(d.session_url), LinguaNode(d.node_url)]
+    for peer in held:
+        await peer.open()
+    assert await refused(LinguaWebClient(d.session_url)) == (1013, "over 3 open connections from your address")
+    await held[0].close()
+    await asyncio.sleep(0.2)
+    async with LinguaWebClient(d.session_url) as next_one:  # a closed socket frees its place
+        await next_one.init()
+    for peer in held[1:]:
+        await peer.close()
+
+
+async def test_sessions_per_instance_are_limited(dragoman: StartDragoman) -> None:
+    d = await dragoman(max_sessions=2)
+    async with LinguaWebClient(d.session_url) as one, LinguaWebClient(d.session_url) as two:
+        await one.init()
+        await two.init()
+        third = LinguaWebClient(d.session_url)
+        await third.open()
+        await third.send({"type": "session_init", "client_version": "x", "platform": "web"} | _langs())
+        assert await third.wait_closed() == 1013
+        assert close_reason(third) == "this instance holds its maximum of 2 sessions"
+        assert (await one.heartbeat())["session_id"] == one.session_id
+
+
+def _langs() -> dict[str, str]:
+    return {"src_lang": "zh", "tgt_lang": "en"}
+
+
+# -- audit ------------------------------------------------------------------------------------------------
+
+
+async def test_registrations_and_refusals_are_audited_and_refusals_rate_limited(
+    dragoman: StartDragoman, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = await dragoman(**AUTH)
+    caplog.set_level(logging.INFO)
+    for _ in range(5):
+        await refused(node(d, "guess"))
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert lines == ["node socket from 127.0.0.1 refused: node token not valid"]  # a flood stays one line
+    good = node(d, "bob-secret", node_id="gpu-9")
+    await good.start()
+    assert any(r.getMessage().startswith("node gpu-9 registered from 127.0.0.1 (token bob,") for r in caplog.records)
+    await good.close()
+
+
+# -- configuration and secure-by-default ---------------------------------------------------------------------
+
+
+def test_secrets_from_lists_files_and_the_environment(tmp_path: Any) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# the GPU pool\nrack1:first-secret\n\nrack2 : second-secret\n")
+    settings = load_settings(
+        environ={"DRAGOMAN_NODE_TOKENS_FILE": str(tokens), "DRAGOMAN_CLIENT_KEYS": "web:k1, bare-key"}
+    )
+    assert settings.client_keys == ("web:k1", "bare-key")
+    auth = Auth(settings)
+    assert auth.nodes.name_of("first-secret") == "rack1" and auth.nodes.name_of("second-secret") == "rack2"
+    assert auth.nodes.name_of("rack1:first-secret") is None and auth.nodes.name_of("") is None
+    assert auth.clients.name_of("k1") == "web" and str(auth.clients.name_of("bare-key")).startswith("key-")
+    tokens.write_text("rack3:third\n")
+    auth.reload()  # what SIGHUP does
+    assert auth.nodes.name_of("first-secret") is None and auth.nodes.name_of("third") == "rack3"
+    tokens.write_text("rack4:\n")
+    with pytest.raises(ConfigError, match="empty secret"):
+        auth.reload()
+    assert auth.nodes.name_of("third") == "rack3"  # a bad file changes nothing
+    with pytest.raises(ConfigError, match="expected a list of strings"):
+        load_settings({"node_tokens": 5})
+
+
+def test_a_non_loopback_host_needs_authentication() -> None:
+    exposed = Settings(host="0.0.0.0")
+    problem = exposure_problem(exposed, Auth(exposed))
+    assert problem is not None and "node_tokens" in problem and "client_keys" in problem and "--insecure" in problem
+    only_nodes = exposed.replace(node_tokens=("n:t",))
+    assert "node_tokens" not in str(exposure_problem(only_nodes, Auth(only_nodes)))
+    secured = only_nodes.replace(allowed_origins=(WEB_ORIGIN,))
+    assert exposure_problem(secured, Auth(secured)) is None
+    assert exposure_problem(exposed.replace(insecure=True), Auth(exposed)) is None
+    for loopback in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert exposure_problem(Settings(host=loopback), Auth(Settings())) is None
