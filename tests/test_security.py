@@ -5,16 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from dragoman import metrics
+from dragoman import protocol as p
+from dragoman.agent.agent import AgentConfig, NodeAgent
+from dragoman.agent.engines import EchoEngine, EngineConfig
+from dragoman.app import create_app
 from dragoman.auth import Auth, exposure_problem, valid_node_id
+from dragoman.client.session import SessionClient, SessionConfig
+from dragoman.client.status import fetch_status
 from dragoman.config import ConfigError, Settings, load_settings
+from dragoman.scheduler import Scheduler
+from dragoman.server import uvicorn_options
+from dragoman.store import Store
 
-from conftest import Running, StartDragoman
+from conftest import Running, StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
 
 NODE_TOKENS = ("alice:alice-secret", "bob:bob-secret")
@@ -73,16 +87,16 @@ async def test_electron_style_node_with_token_in_its_url_and_a_bearer_node(drago
     d = await dragoman(**AUTH)
     electron = node(d, "alice-secret")
     await electron.start()
-    bearer = LinguaNode(d.node_url)
-    bearer.headers = {"Authorization": "Bearer bob-secret"}
-    await bearer.start()
     async with client(d, "app-key") as user:
         await user.init(two_way=False)
         await user.utterance(0, pcm16(600))
-        job = await electron.next_job() if electron.node_id in d.scheduler.nodes else await bearer.next_job()
-        await (electron if job in electron.jobs else bearer).result(job, text_translated="hello")
+        await electron.result(await electron.next_job(), text_translated="hello")
         [outcome] = await user.outcomes(1)
         assert outcome["type"] == "translation_result" and outcome["text_translated"] == "hello"
+    bearer = LinguaNode(d.node_url)
+    bearer.headers = {"Authorization": "Bearer bob-secret"}
+    await bearer.start()
+    assert d.scheduler.nodes[str(bearer.node_id)].owner == "bob"
     await electron.close()
     await bearer.close()
 
@@ -364,7 +378,7 @@ async def test_registrations_and_refusals_are_audited_and_refusals_rate_limited(
 # -- configuration and secure-by-default ---------------------------------------------------------------------
 
 
-def test_secrets_from_lists_files_and_the_environment(tmp_path: Any) -> None:
+def test_secrets_from_lists_files_and_the_environment(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("# the GPU pool\nrack1:first-secret\n\nrack2 : second-secret\n")
     settings = load_settings(
@@ -397,3 +411,59 @@ def test_a_non_loopback_host_needs_authentication() -> None:
     assert exposure_problem(exposed.replace(insecure=True), Auth(exposed)) is None
     for loopback in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         assert exposure_problem(Settings(host=loopback), Auth(Settings())) is None
+
+
+# -- TLS ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_dragoman(store_url: str, tmp_path: Path) -> AsyncIterator[tuple[Running, Path]]:
+    """An instance serving wss:// and https:// with a certificate of a CA of its own (trustme); yields it and
+    the CA file that clients must trust."""
+    ca = trustme.CA()
+    server_pem, ca_pem = tmp_path / "server.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    settings = Settings(key_prefix=f"t-{uuid.uuid4().hex[:10]}", log_level="warning", **AUTH)
+    store = Store(settings, store_url)
+    await store.open()
+    scheduler = Scheduler(settings, store)
+    await scheduler.start()
+    tls = {"ssl_certfile": str(server_pem), "ssl_keyfile": str(server_pem)}
+    port, server, task = await serve_app(create_app(scheduler), **uvicorn_options(settings), **tls)
+    running = Running(port, scheduler, store, server, task)
+    yield running, ca_pem
+    await running.stop()
+
+
+async def test_tls_round_trip_with_the_node_agent_and_the_client_tools(tls_dragoman: tuple[Running, Path]) -> None:
+    d, ca_file = tls_dragoman
+    base = f"127.0.0.1:{d.port}"
+    untrusting = NodeAgent(
+        AgentConfig(scheduler_urls=(f"wss://{base}/ws/node",), token="alice-secret", backoff_max_s=0.2),
+        EchoEngine(EngineConfig(langs=("zh", "en"))),
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):  # the certificate is checked: without the CA, no trust
+        await untrusting._connection(f"wss://{base}/ws/node")
+    agent = NodeAgent(
+        AgentConfig(scheduler_urls=(f"wss://{base}/ws/node",), token="alice-secret", ca_file=str(ca_file)),
+        EchoEngine(EngineConfig(langs=("zh", "en"))),
+    )
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        session = SessionClient(
+            f"wss://{base}/ws/session", SessionConfig.one_way("zh", "en"), key="app-key", ca_file=str(ca_file)
+        )
+        await session.connect()
+        await session.send_utterance(0, pcm16(600))
+        result = await session.recv(timeout=10)
+        while isinstance(result, p.ClientAsrPartial):
+            result = await session.recv(timeout=10)
+        assert isinstance(result, p.TranslationResult) and result.text_asr.startswith("echo:")
+        await session.close(timeout=5)
+        cluster, _ = await fetch_status(f"https://{base}", key="ops-key", ca_file=str(ca_file))
+        assert [n.node_id for n in cluster.nodes] == [agent.node_id]
+    finally:
+        agent.stop()
+        await asyncio.wait_for(running, 5)
