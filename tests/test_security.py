@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,8 +30,9 @@ from dragoman.config import ConfigError, Settings, load_settings
 from dragoman.scheduler import Scheduler
 from dragoman.server import uvicorn_options
 from dragoman.store import Store
+from test_serve import serve
 
-from conftest import Running, StartDragoman, serve_app
+from conftest import Running, StartDragoman, free_port, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
 
 NODE_TOKENS = ("alice:alice-secret", "bob:bob-secret")
@@ -467,3 +471,44 @@ async def test_tls_round_trip_with_the_node_agent_and_the_client_tools(tls_drago
     finally:
         agent.stop()
         await asyncio.wait_for(running, 5)
+
+
+# -- dragoman serve as a process --------------------------------------------------------------------------------
+
+
+def test_serve_on_a_non_loopback_host_without_auth_refuses_to_start(data_dir: Path) -> None:
+    command = [sys.executable, "-m", "dragoman", "serve", "--host", "0.0.0.0", "--port", str(free_port())]
+    done = subprocess.run([*command, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("dragoman: host '0.0.0.0' is not loopback and node_tokens")
+    assert "client_keys" in done.stderr and "--insecure" in done.stderr and "serving" not in done.stdout
+    assert not data_dir.exists()  # refused before anything started
+
+
+async def test_sighup_rereads_the_token_file(store_url: str, data_dir: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "node-tokens"
+    tokens.write_text("rack1:first-secret\n")
+    port = free_port()
+    env = {"DRAGOMAN_REDIS_URL": store_url, "DRAGOMAN_NODE_TOKENS_FILE": str(tokens)}
+    async with serve(data_dir, port, DRAGOMAN_KEY_PREFIX=f"t-{uuid.uuid4().hex[:10]}", **env) as process:
+        url = f"ws://127.0.0.1:{port}/ws/node?token="
+        async with LinguaNode(url + "first-secret") as first:
+            await first.register()
+        tokens.write_text("rack2:second-secret\n")
+        process.send_signal(signal.SIGHUP)
+        for _ in range(100):  # the signal is handled between two events of the server's loop
+            old = LinguaNode(url + "first-secret")
+            await old.open()
+            try:
+                await old.send(old.register_frame())
+                ack = await old.recv()
+            except AssertionError:  # closed: the token is no longer valid
+                break
+            finally:
+                await old.close()
+            assert ack["type"] == "node_register_ack"
+            await asyncio.sleep(0.05)
+        assert await refused(LinguaNode(url + "first-secret")) == (1008, "node token not valid")
+        async with LinguaNode(url + "second-secret") as second:
+            await second.register()
+        assert process.poll() is None  # SIGHUP with a token file reloads; it does not stop the server
