@@ -485,7 +485,9 @@ def test_serve_on_a_non_loopback_host_without_auth_refuses_to_start(data_dir: Pa
     assert not data_dir.exists()  # refused before anything started
 
 
-async def test_sighup_rereads_the_token_file(store_url: str, data_dir: Path, tmp_path: Path) -> None:
+async def test_sighup_rereads_the_token_file_and_secrets_are_never_logged(
+    store_url: str, data_dir: Path, tmp_path: Path
+) -> None:
     tokens = tmp_path / "node-tokens"
     tokens.write_text("rack1:first-secret\n")
     port = free_port()
@@ -512,3 +514,9 @@ async def test_sighup_rereads_the_token_file(store_url: str, data_dir: Path, tmp
         async with LinguaNode(url + "second-secret") as second:
             await second.register()
         assert process.poll() is None  # SIGHUP with a token file reloads; it does not stop the server
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 20) == 0
+        output = process.stdout.read() if process.stdout else ""
+    assert "SIGHUP: secrets re-read (1 node tokens" in output
+    assert "node socket from 127.0.0.1 refused: node token not valid" in output
+    assert "/ws/node?token=***" in output and "first-secret" not in output and "second-secret" not in output

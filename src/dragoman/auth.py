@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -229,3 +230,16 @@ def exposure_problem(settings: Settings, auth: Auth) -> str | None:
         f"host {settings.host!r} is not loopback and {' and '.join(missing)} not set: anyone who reaches the port "
         "could act as a node or a client; set them, or pass --insecure (DRAGOMAN_INSECURE=1)"
     )
+
+
+_SECRET_IN_QUERY = re.compile(r"\b(token|key)=[^&\s\"']*")
+
+
+class SecretQueryFilter(logging.Filter):
+    """Masks ``token=`` and ``key=`` values in log lines: uvicorn logs each WebSocket's path with its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "=" in message and _SECRET_IN_QUERY.search(message):
+            record.msg, record.args = _SECRET_IN_QUERY.sub(r"\1=***", message), None
+        return True

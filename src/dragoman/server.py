@@ -16,7 +16,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dragoman.app import create_app
-from dragoman.auth import Auth, exposure_problem
+from dragoman.auth import Auth, SecretQueryFilter, exposure_problem
 from dragoman.config import ConfigError, Settings
 from dragoman.scheduler import Scheduler
 from dragoman.store import Store, StoreConfigError
@@ -195,6 +195,8 @@ async def serve(settings: Settings) -> None:
         except Exception as exc:  # ssl.SSLError, ValueError: uvicorn says what it could not load
             raise StartupError(f"ssl_certfile/ssl_keyfile: cannot use them: {exc}") from None
         server = UvicornServer(config)
+        for name in ("uvicorn.error", "uvicorn.access"):  # after uvicorn configured its logging
+            logging.getLogger(name).addFilter(SecretQueryFilter())
 
         def shut_down() -> None:
             server.should_exit = True
