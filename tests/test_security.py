@@ -24,6 +24,7 @@ from dragoman.agent.agent import AgentConfig, NodeAgent
 from dragoman.agent.engines import EchoEngine, EngineConfig
 from dragoman.app import create_app
 from dragoman.auth import Auth, exposure_problem, valid_node_id
+from dragoman.cli import main as cli_main
 from dragoman.client.session import SessionClient, SessionConfig
 from dragoman.client.status import fetch_status
 from dragoman.config import ConfigError, Settings, load_settings
@@ -520,3 +521,17 @@ async def test_sighup_rereads_the_token_file_and_secrets_are_never_logged(
     assert "SIGHUP: secrets re-read (1 node tokens" in output
     assert "node socket from 127.0.0.1 refused: node token not valid" in output
     assert "/ws/node?token=***" in output and "first-secret" not in output and "second-secret" not in output
+
+
+async def test_the_status_command_with_and_without_an_admin_key(
+    dragoman: StartDragoman, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = await dragoman(**AUTH)
+    assert await asyncio.to_thread(cli_main, ["status", "--scheduler", d.http, "--json"]) == 3
+    err = capsys.readouterr().err
+    assert "HTTP 401: unauthorized: admin key required" in err and err.count("\n") == 1
+    assert await asyncio.to_thread(cli_main, ["status", "--scheduler", d.http, "--json", "--key", "ops-key"]) == 0
+    assert '"nodes"' in capsys.readouterr().out
+    missing_ca = ["status", "--scheduler", d.http, "--ca-file", str(Path("/nonexistent/ca.pem"))]
+    assert await asyncio.to_thread(cli_main, missing_ca) == 2
+    assert "CA file /nonexistent/ca.pem" in capsys.readouterr().err
