@@ -317,12 +317,12 @@ async def test_messages_per_second_are_limited_per_socket(dragoman: StartDragoma
 
 
 async def test_audio_faster_than_the_allowed_factor_of_real_time_is_refused(dragoman: StartDragoman) -> None:
-    d = await dragoman(max_audio_speed=1, max_length_bytes=320_000)
+    d = await dragoman(max_audio_speed=1, max_message_bytes=400_000)  # a burst of 300,000 bytes of audio
     gpu = LinguaNode(d.node_url)
     await gpu.start()
     async with LinguaWebClient(d.session_url) as fast:
         await fast.init(two_way=False)
-        await fast.utterance(0, pcm16(9000))  # 9 s at once: within the burst of one long utterance
+        await fast.utterance(0, pcm16(9000))  # 9 s at once: within the burst of one frame of the largest size
         await gpu.next_job()
         await fast.utterance(1, pcm16(9000))  # another 9 s at once: beyond real time
         error = await fast.expect("error")

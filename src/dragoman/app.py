@@ -83,7 +83,7 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
             return
         conn = connection(websocket, "client")
         owned = _SocketSessions()
-        rates = ClientRates(settings.max_messages_per_s, settings.max_audio_speed, settings.max_length_bytes)
+        rates = ClientRates(settings.max_messages_per_s, settings.max_audio_speed, limit)
         # In use once it opens a session (messages for other sockets' sessions are refused: see _own).
         in_use = False
         handshake = close_unless(conn, "session_init", lambda: in_use)
@@ -176,9 +176,7 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
         *(for_clients(route) for route in http_api.routes(scheduler)),
         *(operator(route) for route in views.routes(scheduler)),
     ]
-    app = Starlette(routes=routes)
-    app.state.auth = admission.auth
-    return app
+    return Starlette(routes=routes)
 
 
 def _audio_chars(msg: p.Inbound) -> int:

@@ -78,14 +78,15 @@ class ClientRates:
     """The rate limits of one client socket: frames per second, and audio as a factor of real time.
 
     Audio is counted in bytes against pcm16 at 16 kHz mono (32,000 bytes a second of speech); Opus is far
-    smaller, so for Opus the limit is loose. The burst admits one whole utterance of the largest size."""
+    smaller, so for Opus the limit is loose. The burst admits one frame of the largest size (a whole utterance
+    sent at once), so the limit bounds the sustained rate."""
 
-    def __init__(self, max_messages_per_s: int, max_audio_speed: int, max_utterance_bytes: int) -> None:
+    def __init__(self, max_messages_per_s: int, max_audio_speed: int, max_frame_bytes: int) -> None:
         self.max_messages_per_s = max_messages_per_s
         self.max_audio_speed = max_audio_speed
         self.frames = TokenBucket(max_messages_per_s, 2 * max_messages_per_s)
         audio_rate = max_audio_speed * REALTIME_AUDIO_BYTES_PER_S
-        self.audio = TokenBucket(audio_rate, max(2 * audio_rate, max_utterance_bytes))
+        self.audio = TokenBucket(audio_rate, max(2 * audio_rate, max_frame_bytes * 3 / 4))
 
     def frame(self) -> str | None:
         """Why this frame is over the limit, or None."""
