@@ -73,7 +73,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 except p.ProtocolError as exc:
                     metrics.BAD_FRAMES.inc("session")
                     if exc.wrong_direction:
-                        log.warning("client sent a message of the wrong direction: %.200s", text)
+                        log.warning("client sent a message of the wrong direction: %s", p.excerpt(text))
                     else:
                         conn.send_nowait(_error("INVALID_MESSAGE", f"Invalid message format: {exc.detail}"))
                     continue

@@ -38,11 +38,12 @@ class Connection:
     async def send(self, frame: bytes) -> bool:
         return self.send_nowait(frame)
 
-    def close(self, code: int = 1000) -> None:
-        """Close after the frames already queued."""
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the frames already queued; ``reason`` (at most 123 bytes) tells the peer why."""
         if not self.closed:
             self.closed = True
             self._close_code = code
+            self._close_reason = reason
             self._outbox.put_nowait(None)
 
     async def _write(self) -> None:
@@ -50,7 +51,7 @@ class Connection:
             while (frame := await self._outbox.get()) is not None:
                 await self.websocket.send_text(frame.decode())
             with contextlib.suppress(Exception):
-                await self.websocket.close(self._close_code)
+                await self.websocket.close(self._close_code, self._close_reason)
         except Exception as exc:  # the peer went away: the reader sees the close and cleans up
             log.debug("%s: send failed: %s", self.name, exc)
             self.closed = True
