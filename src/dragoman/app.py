@@ -155,7 +155,7 @@ def _route_client(
         target = scheduler.sessions.get(session_id)
         if target is None:
             conn.send_nowait(
-                _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {session_id}")
+                _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {p.excerpt(session_id)}")
             )
         else:
             target.submit(msg, received)

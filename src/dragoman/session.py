@@ -539,7 +539,7 @@ class SessionActor:
             if code == "NO_AVAILABLE_NODE" and not slot.streaming:
                 code, message = (
                     "INTERNAL_ERROR",
-                    f"Failed to process message: no node available for pair {slot.pair}",
+                    f"Failed to process message: no node available for pair {p.excerpt(slot.pair)}",
                 )
             return [p.encode(p.Error(code=code, message=message, details=details))]
         return [self._missing(slot, "gap_timeout")]
