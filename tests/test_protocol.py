@@ -900,3 +900,10 @@ def test_protocol_error_detail_quoting_input_is_cut() -> None:
     with pytest.raises(p.ProtocolError) as info:
         p.decode_node(_raw({"type": "t" * 1_000_000}))
     assert len(info.value.detail) < p.EXCERPT_CHARS + 40
+
+
+def test_excerpt_of_a_value_too_deep_to_repr_says_so() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert p.excerpt(deep) == "(list nested too deeply to show)"

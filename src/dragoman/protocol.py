@@ -80,7 +80,10 @@ EXCERPT_CHARS: Final = 200
 def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     """``value`` (a ``str``, else its repr) cut to ``limit`` characters: what a log line or an error reply
     shows of input, which can be megabytes long."""
-    text = value if isinstance(value, str) else repr(value)
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except RecursionError:  # nested about as deep as the decoder allows, and shown from deeper in the stack
+        text = f"({type(value).__name__} nested too deeply to show)"
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
