@@ -26,7 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fuzzing import Mutator, Tally, fuzz_client, fuzz_http, fuzz_node, round_trip, rss_bytes
+from fuzzing import Mutator, Tally, fuzz_client, fuzz_http, fuzz_node, reading, round_trip, rss_bytes
 
 from conftest import free_port
 from peers import LinguaWebClient
@@ -87,11 +87,12 @@ async def main(frames: int, requests: int, seed: int, max_string: int) -> int:
             await client.init(two_way=False)
             start = time.perf_counter()
             _report("/ws/session", await fuzz_client(client, mutator, frames), time.perf_counter() - start)
-            start = time.perf_counter()
-            _report("HTTP API", await fuzz_http(http, mutator, requests), time.perf_counter() - start)
-            start = time.perf_counter()
-            node, fed = await fuzz_node(f"ws://127.0.0.1:{port}/ws/node", "node-FUZZ0000", mutator, frames)
-            _report("/ws/node", fed, time.perf_counter() - start)
+            async with reading(client):
+                start = time.perf_counter()
+                _report("HTTP API", await fuzz_http(http, mutator, requests), time.perf_counter() - start)
+                start = time.perf_counter()
+                node, fed = await fuzz_node(f"ws://127.0.0.1:{port}/ws/node", "node-FUZZ0000", mutator, frames)
+                _report("/ws/node", fed, time.perf_counter() - start)
             try:
                 await round_trip(client, node)
             finally:

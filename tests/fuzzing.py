@@ -10,19 +10,21 @@ traceback (the drivers check the first two, the callers the log).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import random
 import string
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from websockets.exceptions import ConnectionClosed
 
-from peers import Frame, LinguaNode, LinguaWebClient, b64, now_ms, pcm16, voiced_chunk
+from peers import Frame, LinguaNode, LinguaWebClient, Peer, b64, now_ms, pcm16, voiced_chunk
 
 # Field kinds: a JSON type, or an integer range of PROTOCOL.md §1.5. A trailing "?" marks an optional field
 # (null is valid). "any" fields take any JSON value.
@@ -500,6 +502,25 @@ async def fuzz_http(http: httpx.AsyncClient, mutator: Mutator, requests: int) ->
             got = await http.get(f"/api/v1/jobs/{job_id}", params={"wait": wait})
             assert got.status_code in (200, 404, 422), (got.status_code, got.text[:300])
     return tally
+
+
+@contextlib.asynccontextmanager
+async def reading(peer: Peer) -> AsyncIterator[None]:
+    """Keep reading (and dropping) what ``peer`` is sent while the caller fuzzes elsewhere, as a live client
+    does: an unread socket stops answering pings and is closed by the server (1011)."""
+
+    async def read() -> None:
+        while True:
+            await peer.recv(timeout=3_600)
+            peer.received.clear()
+
+    task = asyncio.create_task(read())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # an AssertionError here means the socket was closed
 
 
 async def round_trip(client: LinguaWebClient, node: LinguaNode, text: str = "after the fuzz") -> None:

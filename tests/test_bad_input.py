@@ -10,11 +10,18 @@ import asyncio
 import base64
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
+
+from dragoman import protocol as p
+from dragoman.agent.engines import EngineError, decode_audio
+from dragoman.client.http import JobOutput
+from dragoman.client.output import TtsWriter, outcome_json
+from dragoman.client.tracker import TrackedOutcome
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, now_ms, pcm16, voiced_chunk
@@ -834,3 +841,41 @@ async def test_huge_input_is_logged_and_answered_as_an_excerpt(
         lines = [r.getMessage() for r in caplog.records if r.name.startswith("dragoman")]
         assert len(lines) >= 5, lines
         assert max(len(line) for line in lines) < 1_000, [line[:300] for line in lines]
+
+
+@pytest.mark.parametrize("tts_audio", ["AAAé", "ＡＡＡＡ", "QUJ", "%%%%"])
+def test_tools_take_non_ascii_base64_from_the_wire_as_invalid(tmp_path: Path, tts_audio: str) -> None:
+    """The client saves a result's undecodable ``tts_audio`` as sent, its JSON output counts 0 bytes, and the HTTP
+    client's result has no audio; the node agent fails the job with PROCESSING_ERROR (non-ASCII once raised)."""
+    result = p.TranslationResult(
+        session_id="s-1",
+        utterance_index=0,
+        job_id="job-1",
+        text_asr="a",
+        text_translated="b",
+        tts_audio=tts_audio,
+        tts_format="opus",
+        trace_id="t",
+        scheduler_sent_at_ms=1,
+    )
+    saved = TtsWriter(tmp_path).save(0, result)
+    assert saved is not None and saved.note and saved.path.read_bytes() == tts_audio.encode()
+    tracked = TrackedOutcome(index=0, message=result)
+    assert outcome_json(tracked, None)["tts_bytes"] == 0
+    assert JobOutput(text_asr="a", text_translated="b", tts_audio=tts_audio).tts_bytes() == b""
+    job = p.JobAssign(
+        attempt_id=1,
+        job_id="job-1",
+        session_id="s-1",
+        utterance_index=0,
+        src_lang="zh",
+        tgt_lang="en",
+        pipeline=p.DEFAULT_PIPELINE,
+        audio=tts_audio,
+        audio_format="pcm16",
+        sample_rate=16000,
+        trace_id="t",
+    )
+    with pytest.raises(EngineError) as info:
+        decode_audio(job)
+    assert info.value.code == "PROCESSING_ERROR"
