@@ -694,6 +694,27 @@ async def test_invalid_node_id_is_refused_with_a_close_that_says_why(
         await _round_trip(client, node, 0)
 
 
+async def test_frames_after_a_refused_registration_count_for_nothing(
+    dragoman: StartDragoman, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dragoman")
+    d = await dragoman()
+    async with LinguaNode(d.node_url, node_id="node-A") as first:
+        await _ready(first)
+        await first.send({**first.register_frame(), "node_id": "node A"})  # refused: the socket closes
+        for _ in range(5):  # already on their way: they must not register node-A again
+            await first.send(first.register_frame())
+            await first.heartbeat()
+        code, _ = await _close_of(first)
+        assert code == 1008
+    registered = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node node-A registered")]
+    assert registered == ["node node-A registered (capacity 4)"], registered
+    async with LinguaNode(d.node_url, node_id="node-A") as second, LinguaWebClient(d.session_url) as client:
+        await _ready(second)
+        await client.init(two_way=False)
+        await _round_trip(client, second, 0)
+
+
 async def test_node_id_with_every_allowed_character_gets_its_results_accepted(dragoman: StartDragoman) -> None:
     d = await dragoman()
     node_id = "Az09._:-" + "n" * 120  # 128 characters

@@ -46,6 +46,8 @@ class NodeLink:
         self.languages: p.LanguageCapabilities | None = None
 
     async def handle(self, raw: str | bytes) -> None:
+        if self.conn.closed:  # closed by Dragoman (a refused node_register): frames still buffered count for nothing
+            return
         try:
             msg = p.decode_node(raw)
         except p.ProtocolError as exc:
