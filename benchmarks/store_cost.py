@@ -8,7 +8,7 @@ the least-loaded node, and completed by it. Counts come from ``INFO commandstats
 scripts included; the EVALSHA calls themselves and the benchmark's own INFO calls excluded), script time
 from ``cmdstat_evalsha`` (each script's wall time inside the server). Needs the test extra (tests/cluster.py).
 
-    python benchmarks/store_cost.py [--utterances 2000] [--cluster-utterances 6000]
+    python benchmarks/store_cost.py [--utterances 2000] [--cluster-utterances 12000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -122,15 +122,16 @@ async def measure(
     store = Store(settings, url)
     await store.open()
     try:
-        await register(store, nodes, langs, cap=max(4, args.sessions * args.window // nodes + 1))
+        await register(store, nodes, langs, cap=max(4, 4 * args.cluster_sessions * args.window // nodes + 1))
         before = await commandstats(servers)
         utterances = args.utterances if len(servers) == 1 else args.cluster_utterances
-        wall = await load(store, utterances, args.sessions, args.window, langs)
+        sessions = args.sessions if len(servers) == 1 else args.cluster_sessions
+        wall = await load(store, utterances, sessions, args.window, langs)
         after = await commandstats(servers)
     finally:
         await store.close()
     per_server = [delta(b, a) for b, a in zip(before, after, strict=True)]
-    done = utterances // args.sessions * args.sessions
+    done = utterances // sessions * sessions
     commands = sum(c for c, _ in per_server)
     return {
         "languages": len(langs),
@@ -190,8 +191,10 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=2000, help="per single-server run (default 2000)")
-    parser.add_argument("--cluster-utterances", type=int, default=6000, help="per cluster run (default 6000)")
+    parser.add_argument("--cluster-utterances", type=int, default=12000, help="per cluster run (default 12000)")
     parser.add_argument("--sessions", type=int, default=20, help="concurrent sessions (default 20)")
+    parser.add_argument("--cluster-sessions", type=int, default=240, help="concurrent sessions on the cluster (240)")
     parser.add_argument("--window", type=int, default=2, help="jobs in flight per session (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is shown (3)")
     parser.add_argument("--no-cluster", action="store_true", help="skip the cluster runs")
     asyncio.run(main(parser.parse_args()))
