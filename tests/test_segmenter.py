@@ -1,4 +1,5 @@
-"""Unit tests of dragoman.segmenter.Segmenter: lingua's finalize rules (PROTOCOL.md §4.5, §10), times in ms."""
+"""Unit tests of dragoman.segmenter.Segmenter under ``endpointing = "lingua"``: lingua's finalize rules
+(PROTOCOL.md §4.5, §10), times in ms. The voice rules are in test_endpointing.py."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
 from peers import plan_a, silence_chunk, voiced_chunk
 
 PAUSE = 3000
-S = Settings()
+S = Settings(endpointing="lingua")
 
 
 def seg(**overrides: Any) -> Segmenter:
-    return Segmenter(Settings(**overrides))
+    return Segmenter(S.replace(**overrides))
 
 
 def one(cuts: list[Cut]) -> Cut:
@@ -116,6 +117,7 @@ def test_padding_per_reason() -> None:
     assert PADDING_MS == {
         CutReason.IS_FINAL: 280,
         CutReason.TIMEOUT: 220,
+        CutReason.ENDPOINT: 220,
         CutReason.MAX_DURATION: 220,
         CutReason.MAX_LENGTH: 0,
         CutReason.SESSION_CLOSE: 220,

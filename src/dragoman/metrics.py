@@ -93,6 +93,18 @@ def render() -> str:
 SESSIONS = Gauge("dragoman_sessions", "Client sessions held by this instance")
 NODES = Gauge("dragoman_nodes", "Node sockets held by this instance")
 CUTS = Counter("dragoman_cuts_total", "Utterance cuts by reason (discarded: silence only; merged: held)", ("reason",))
+VOICELESS_CUTS = Counter(
+    "dragoman_voiceless_cuts_total",
+    "Cuts not turned into jobs for holding less voice than min_voice_ms (lingua: none), by the reason of the cut",
+    ("reason",),
+)
+AUDIO_SENT_SECONDS = Counter("dragoman_audio_sent_seconds_total", "Seconds of streamed audio cut into jobs")
+VOICE_SENT_SECONDS = Counter(
+    "dragoman_voice_sent_seconds_total", "Seconds of voiced packets in that audio (as the endpointing mode judges them)"
+)
+AUDIO_TRIMMED_SECONDS = Counter(
+    "dragoman_audio_trimmed_seconds_total", "Seconds of non-voice before or after speech not sent (endpointing voice)"
+)
 JOBS_CREATED = Counter("dragoman_jobs_created_total", "Jobs created by this instance")
 JOBS_DISPATCHED = Counter("dragoman_jobs_dispatched_total", "job_assign frames sent (every attempt)")
 JOBS_RESOLVED = Counter("dragoman_jobs_resolved_total", "Job outcomes seen by this instance", ("outcome",))
