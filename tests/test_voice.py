@@ -107,7 +107,7 @@ def test_celt_only_packets_fall_back_to_the_size_rule() -> None:
     assert all(p[0] >> 3 >= 16 for p in packets)  # restricted low delay: CELT only
     assert {packet_activity(p, SILENCE_MAX) for p in packets} == {Activity.VOICED}
     celt_20ms = 0xF8  # config 31: CELT FB 20 ms, one frame
-    assert packet_activity(bytes([celt_20ms]) + b"\xff" * 10, SILENCE_MAX) is Activity.SILENT  # 11 bytes: silence
+    assert packet_activity(bytes([celt_20ms]) + b"\xff" * 9, SILENCE_MAX) is Activity.SILENT  # 10 bytes: silence
     assert packet_activity(bytes([celt_20ms]) + b"\x00" * 11, SILENCE_MAX) is Activity.VOICED
 
 

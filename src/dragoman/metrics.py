@@ -95,7 +95,7 @@ NODES = Gauge("dragoman_nodes", "Node sockets held by this instance")
 CUTS = Counter("dragoman_cuts_total", "Utterance cuts by reason (discarded: silence only; merged: held)", ("reason",))
 VOICELESS_CUTS = Counter(
     "dragoman_voiceless_cuts_total",
-    "Cuts not turned into jobs for holding less voice than min_voice_ms (lingua: none), by the reason of the cut",
+    "Cuts not turned into jobs for less voice than min_voice_ms (lingua: no voiced packet), by cut reason",
     ("reason",),
 )
 AUDIO_SENT_SECONDS = Counter("dragoman_audio_sent_seconds_total", "Seconds of streamed audio cut into jobs")
@@ -103,7 +103,8 @@ VOICE_SENT_SECONDS = Counter(
     "dragoman_voice_sent_seconds_total", "Seconds of voiced packets in that audio (as the endpointing mode judges them)"
 )
 AUDIO_TRIMMED_SECONDS = Counter(
-    "dragoman_audio_trimmed_seconds_total", "Seconds of non-voice before or after speech not sent (endpointing voice)"
+    "dragoman_audio_trimmed_seconds_total",
+    "Seconds of streamed audio not sent: non-voice trimmed around speech, and cuts without voice",
 )
 JOBS_CREATED = Counter("dragoman_jobs_created_total", "Jobs created by this instance")
 JOBS_DISPATCHED = Counter("dragoman_jobs_dispatched_total", "job_assign frames sent (every attempt)")

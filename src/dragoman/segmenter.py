@@ -127,7 +127,6 @@ class _VoiceBuffer:
             activity = packet_activity(packet, self._silence_max)
             self._append(len(packet).to_bytes(2, "little") + packet, activity)
             added += activity is Activity.VOICED
-        self._trim_lead()
         return added
 
     def _append(self, record: bytes, activity: Activity) -> None:
@@ -139,14 +138,10 @@ class _VoiceBuffer:
         continues_speech = activity is Activity.ACTIVE and self.voiced and self._speech_end == len(self._records) - 1
         if activity is Activity.VOICED or continues_speech:
             self._speech_end = len(self._records)
-
-    def _trim_lead(self) -> None:
-        excess = len(self._records) - self._lead_in
-        if self.voiced or excess <= 0:
-            return
-        self._size -= sum(len(record) for record in self._records[:excess])
-        del self._records[:excess], self._activity[:excess]
-        metrics.AUDIO_TRIMMED_SECONDS.inc(amount=excess * PACKET_MS / 1000)
+        if not self.voiced and len(self._records) > self._lead_in:  # no voice yet: keep the lead-in only
+            self._size -= len(self._records.pop(0))
+            del self._activity[0]
+            metrics.AUDIO_TRIMMED_SECONDS.inc(amount=PACKET_MS / 1000)
 
     def take(self) -> _Taken:
         end = min(len(self._records), self._speech_end + self._tail) if self.voiced else len(self._records)
@@ -156,7 +151,6 @@ class _VoiceBuffer:
         self._size = self._speech_end = self.voiced = 0
         for record, activity in rest:
             self._append(record, activity)
-        self._trim_lead()
         return taken
 
 
@@ -287,6 +281,7 @@ class Segmenter:
         if voice_ms < self._min_voice_ms:
             metrics.CUTS.inc("discarded")  # §10.6 (1): no voice, no job, no index
             metrics.VOICELESS_CUTS.inc(reason.value)
+            metrics.AUDIO_TRIMMED_SECONDS.inc(amount=taken.packets * PACKET_MS / 1000)
             return []
         metrics.CUTS.inc(reason.value)
         metrics.AUDIO_SENT_SECONDS.inc(amount=taken.packets * PACKET_MS / 1000)
