@@ -13,10 +13,11 @@ streams without pause and never sends ``is_final``; after 3.25 s of digital sile
 
 Each job's audio is located in the stream by its packets (Dragoman passes them through) and compared with where
 the sentences are. Reported per mode and background: sentences found alone in one job / split over several jobs
-/ merged with another in one job, jobs with no speech, end of speech → ``job_assign`` (p50 / p95 / max, over the
-sentences that end a job), and audio seconds sent per second of speech.
+/ merged with another in one job, jobs with no speech, end of speech → ``job_assign`` of the job holding that end
+(p50 / p95 / max, over the sentences that end their job, and over every sentence: one merged into the next waits
+for it), and audio seconds sent per second of speech.
 
-    python benchmarks/endpointing.py [--sentences 8] [--endpoint-silence-ms 800] [--synthetic]
+    python benchmarks/endpointing.py [--sentences 10] [--endpoint-silence-ms 800] [--synthetic]
 """
 
 from __future__ import annotations
@@ -43,17 +44,17 @@ from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient
 from signals import mix, noise, silence, speechlike
 
-SENTENCES = [
+SENTENCES = [  # half of them with commas, where espeak-ng pauses inside the sentence
     "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Please send the report to my office before noon tomorrow.",
+    "Well, if you have time, please send the report to my office before noon.",
     "We will meet at the station at half past seven.",
-    "Could you tell me where the nearest pharmacy is?",
+    "Could you tell me, if you know, where the nearest pharmacy is?",
     "The weather has been unusually warm for this time of year.",
-    "I would like a cup of tea with milk and no sugar.",
+    "I would like a cup of tea, with milk, and no sugar.",
     "Our flight was delayed by three hours because of the storm.",
-    "Thank you very much for your help with the project.",
+    "Thank you, really, for all your help with the project.",
     "The museum is closed on Mondays and public holidays.",
-    "She has been learning to play the piano since she was six.",
+    "She has been learning, slowly but surely, to play the piano.",
 ]
 PAUSES_MS = [300, 2500, 600, 4000, 1000, 1500, 400, 3000, 800, 2000]
 BACKGROUNDS: list[float | None] = [None, -50, -40, -30]  # None: digital silence
@@ -118,7 +119,12 @@ class Run:
 
 
 async def serve_node(node: LinguaNode, runs: dict[str, Run], done: asyncio.Event) -> None:
+    """Answer every job at once, and heartbeat as the node does (every 15 s)."""
+    beat = time.monotonic()
     while not done.is_set():
+        if time.monotonic() - beat >= 15:
+            await node.heartbeat()
+            beat = time.monotonic()
         try:
             job = await node.next_job(timeout=0.2)
         except (TimeoutError, AssertionError):
@@ -135,7 +141,8 @@ class Figures:
     sentences: int = 0
     jobs: int = 0
     voiceless_jobs: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
+    ending_ms: list[float] = field(default_factory=list)  # end of speech -> job_assign, sentences that end a job
+    all_ms: list[float] = field(default_factory=list)  # the same for every sentence (a merged one waits longer)
     sent_ms: int = 0
     speech_ms: int = 0
 
@@ -143,8 +150,9 @@ class Figures:
 def analyse(run: Run) -> Figures:
     f = Figures(sentences=len(run.test.spans), jobs=len(run.jobs), speech_ms=run.test.speech_ms)
     covered: list[list[int]] = [[] for _ in run.test.spans]  # the jobs over each sentence
+    last_sentence: dict[int, int] = {}  # job -> the last sentence it holds part of
     cursor = 0
-    for j, (assigned_at, job) in enumerate(run.jobs):
+    for j, (_, job) in enumerate(run.jobs):
         packets = parse_plan_a(base64.b64decode(job["audio"]))
         start = _find(run.packets, packets, cursor)
         cursor = start + len(packets)
@@ -156,9 +164,13 @@ def analyse(run: Run) -> Figures:
             continue
         for i in inside:
             covered[i].append(j)
-        last = inside[-1]
-        if run.test.spans[last][1] <= end:  # the job holds the end of its last sentence
-            f.latencies_ms.append((assigned_at - run.started) * 1000 - run.test.spans[last][1])
+        last_sentence[j] = inside[-1]
+    for i, jobs in enumerate(covered):
+        if jobs:  # the sentence is over for the listener when the job holding its end is assigned
+            latency = (run.jobs[jobs[-1]][0] - run.started) * 1000 - run.test.spans[i][1]
+            f.all_ms.append(latency)
+            if last_sentence[jobs[-1]] == i:
+                f.ending_ms.append(latency)
     job_sentences: dict[int, int] = {}
     for jobs in covered:
         for j in jobs:
@@ -182,8 +194,6 @@ def _find(stream: list[bytes], run: list[bytes], start: int) -> int:
 
 
 def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -194,6 +204,10 @@ async def main(count: int, endpoint_silence_ms: int, synthetic: bool) -> None:
         f"speech: {source}, {count} sentences of {min(len(s) for s in speech) // 32}-"
         f"{max(len(s) for s in speech) // 32} ms; pauses (ms): {test_set(speech, None).pauses}"
     )
+    modes = ("voice", "lingua")
+    plan = [Run(mode, bg, test_set(speech, bg)) for bg in BACKGROUNDS for mode in modes]
+    for run in plan:  # before anything runs: encoding takes the event loop for seconds
+        run.packets = encode_plan_a(run.test.pcm)
     store = EmbeddedStore(tempfile.mkdtemp(prefix="dragoman-ep-"))
     url = await store.start()
     instances = {
@@ -207,10 +221,8 @@ async def main(count: int, endpoint_silence_ms: int, synthetic: bool) -> None:
         for node in nodes.values():
             await node.start()
         servers = [asyncio.create_task(serve_node(node, runs, done)) for node in nodes.values()]
-        plan = [Run(mode, bg, test_set(speech, bg)) for bg in BACKGROUNDS for mode in instances]
-
         await asyncio.gather(*(_streamed(run, instances[run.mode].session_url, runs) for run in plan))
-        await asyncio.sleep(4.0)  # lingua's pause timer and the last cuts
+        await asyncio.sleep(1.0)  # the last jobs
         done.set()
         await asyncio.gather(*servers)
         for node in nodes.values():
@@ -233,7 +245,6 @@ async def _streamed(run: Run, url: str, runs: dict[str, Run]) -> None:
 
 async def _send(run: Run, client: LinguaWebClient) -> None:
     """Stream a test set as lingua's web client does, in real time."""
-    run.packets = encode_plan_a(run.test.pcm)
     run.started = time.monotonic()
     silent_ms = 0
     for k in range(0, len(run.packets), CHUNK_PACKETS):
@@ -254,25 +265,37 @@ def _background(bg: float | None) -> str:
 
 
 def report(plan: list[Run], endpoint_silence_ms: int) -> None:
-    print(f"\nendpoint_silence_ms = {endpoint_silence_ms} (voice)\n")
+    pauses = plan[0].test.pauses
+    short = [i for i, pause in enumerate(pauses) if pause < endpoint_silence_ms]
+    joined = len({i for k in short for i in (k, k + 1)})
+    print(
+        f"\nendpoint_silence_ms = {endpoint_silence_ms} (voice): {len(short)} of the {len(pauses)} pauses are "
+        f"shorter, so {joined} sentences are expected to be merged with a neighbour\n"
+    )
     print(
         "| background | mode | sentences found / split / merged (of n) | jobs | jobs with no speech "
-        "| end of speech → `job_assign` p50 / p95 / max (ms) | audio s sent per s of speech |"
+        "| end of speech → `job_assign` p50 / p95 / max (ms), sentences ending a job | the same, every sentence "
+        "| audio s sent per s of speech |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for run in plan:
         f = analyse(run)
-        lat = f.latencies_ms
-        latency = f"{percentile(lat, 0.5):.0f} / {percentile(lat, 0.95):.0f} / {max(lat, default=float('nan')):.0f}"
         print(
             f"| {_background(run.background)} | {run.mode} | {f.found} / {f.split} / {f.merged} (of {f.sentences}) "
-            f"| {f.jobs} | {f.voiceless_jobs} | {latency} | {f.sent_ms / f.speech_ms:.2f} |"
+            f"| {f.jobs} | {f.voiceless_jobs} | {_spread(f.ending_ms)} | {_spread(f.all_ms)} "
+            f"| {f.sent_ms / f.speech_ms:.2f} |"
         )
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "—"
+    return f"{percentile(values, 0.5):.0f} / {percentile(values, 0.95):.0f} / {max(values):.0f}"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sentences", type=int, default=8)
+    parser.add_argument("--sentences", type=int, default=10)
     parser.add_argument("--endpoint-silence-ms", type=int, default=800)
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic signal even with espeak-ng")
     args = parser.parse_args()
