@@ -21,7 +21,7 @@ from dragoman.client.translate import TranslateOptions, translate
 from dragoman.config import ConfigError, Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import write_wav
-from dragoman.segmenter import Cut, CutReason, Segmenter
+from dragoman.segmenter import CONSONANT_MS, Cut, CutReason, Segmenter
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, silence_chunk, voiced_chunk
@@ -144,6 +144,18 @@ def test_the_pause_is_measured_in_audio_from_the_end_of_voice() -> None:
     assert s.on_chunk(quiet[2], False, 3) == []
     [cut] = s.on_chunk(quiet[3], False, 4)
     assert cut.reason is CutReason.ENDPOINT
+
+
+def test_unpitched_packets_continue_speech_for_a_final_consonant_only() -> None:
+    unpitched = bytes([0x48, 0x80]) + bytes(40)  # flagged, unpitched: a consonant, or noise
+    s = Segmenter(V)
+    assert s.on_chunk(voiced_chunk(packets=30) + plan_a([unpitched] * 5), False, 0) == []
+    [cut] = s.on_chunk(silence_chunk(packets=40), False, 1)  # the pause counts from the end of the consonant
+    assert len(records(cut.audio)) == 30 + 5 + V.voice_tail_ms // PACKET_MS
+    s = Segmenter(V)
+    [(_, cut)] = stream(s, [voiced_chunk(packets=30) + plan_a([unpitched] * 60)])  # taken for noise after 200 ms
+    assert cut.reason is CutReason.ENDPOINT
+    assert len(records(cut.audio)) == 30 + (CONSONANT_MS + V.voice_tail_ms) // PACKET_MS
 
 
 def test_a_client_that_stops_sending_is_cut_when_the_pause_would_be_long_enough() -> None:

@@ -46,6 +46,9 @@ PADDING_MS = {
 }
 #: The reasons of a pause: their jobs carry ``is_timeout_triggered``.
 PAUSE_CUTS = frozenset({CutReason.TIMEOUT, CutReason.ENDPOINT})
+#: voice: unpitched packets right after voiced ones continue the speech this long at most (a final consonant;
+#: noise that the encoder's detector lets through must not hold an utterance open).
+CONSONANT_MS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,8 @@ class _VerbatimBuffer:
 class _VoiceBuffer:
     """The buffer of ``endpointing = "voice"``: Plan A records with their voice activity.
 
-    Speech ends after the last voiced packet and the unpitched packets right after it (a final consonant).
+    Speech ends after the last voiced packet and the unpitched packets right after it (a final consonant, at most
+    ``CONSONANT_MS``).
     Before the first voiced packet only ``lead_in`` packets are kept; ``take`` keeps ``tail`` packets after
     the end of speech and leaves the rest as the lead-in of what follows. Records that carry no audio (§4.1)
     are dropped.
@@ -107,6 +111,7 @@ class _VoiceBuffer:
         self._activity: list[Activity] = []
         self._size = 0
         self._speech_end = 0  # records up to here hold the speech
+        self._voiced_end = 0  # records up to here hold the last voiced packet
         self.voiced = 0
 
     def __len__(self) -> int:
@@ -135,7 +140,13 @@ class _VoiceBuffer:
         self._size += len(record)
         if activity is Activity.VOICED:
             self.voiced += 1
-        continues_speech = activity is Activity.ACTIVE and self.voiced and self._speech_end == len(self._records) - 1
+            self._voiced_end = len(self._records)
+        continues_speech = (
+            activity is Activity.ACTIVE
+            and self.voiced
+            and self._speech_end == len(self._records) - 1
+            and (len(self._records) - self._voiced_end) * PACKET_MS <= CONSONANT_MS
+        )
         if activity is Activity.VOICED or continues_speech:
             self._speech_end = len(self._records)
         if not self.voiced and len(self._records) > self._lead_in:  # no voice yet: keep the lead-in only
@@ -148,7 +159,7 @@ class _VoiceBuffer:
         taken = _Taken(b"".join(self._records[:end]), end, self.voiced)
         rest = list(zip(self._records[end:], self._activity[end:], strict=True))
         self._records, self._activity = [], []
-        self._size = self._speech_end = self.voiced = 0
+        self._size = self._speech_end = self._voiced_end = self.voiced = 0
         for record, activity in rest:
             self._append(record, activity)
         return taken
