@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import load_audio
 from dragoman.store.embedded import EmbeddedStore
+from dragoman.voice import packet_activity
 
 from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient
@@ -193,6 +194,17 @@ def _find(stream: list[bytes], run: list[bytes], start: int) -> int:
     return at
 
 
+def activity_cost_us(packets: list[bytes]) -> float:
+    """What reading the voice activity of a packet costs (``dragoman.voice``), best of three passes."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for packet in packets:
+            packet_activity(packet, 10)
+        best = min(best, time.perf_counter() - started)
+    return best / len(packets) * 1e6
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -208,6 +220,7 @@ async def main(count: int, endpoint_silence_ms: int, synthetic: bool) -> None:
     plan = [Run(mode, bg, test_set(speech, bg)) for bg in BACKGROUNDS for mode in modes]
     for run in plan:  # before anything runs: encoding takes the event loop for seconds
         run.packets = encode_plan_a(run.test.pcm)
+    print(f"voice activity: {activity_cost_us([p for run in plan for p in run.packets]):.1f} µs of CPU per packet")
     store = EmbeddedStore(tempfile.mkdtemp(prefix="dragoman-ep-"))
     url = await store.start()
     instances = {
