@@ -97,11 +97,10 @@ class _VerbatimBuffer:
 class _VoiceBuffer:
     """The buffer of ``endpointing = "voice"``: Plan A records with their voice activity.
 
-    Speech ends after the last voiced packet and the unpitched packets right after it (a final consonant, at most
-    ``CONSONANT_MS``).
-    Before the first voiced packet only ``lead_in`` packets are kept; ``take`` keeps ``tail`` packets after
-    the end of speech and leaves the rest as the lead-in of what follows. Records that carry no audio (§4.1)
-    are dropped.
+    Speech ends after the last voiced packet and the unpitched packets right after it (a final consonant, at
+    most ``CONSONANT_MS``). Before the first voiced packet only ``lead_in`` packets are kept; ``take`` keeps
+    ``tail`` packets after the end of speech and leaves the rest as the lead-in of what follows. Records that
+    carry no audio (§4.1) are dropped.
     """
 
     def __init__(self, silence_packet_max_bytes: int, lead_in: int, tail: int) -> None:
