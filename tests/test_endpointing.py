@@ -127,6 +127,17 @@ def test_cuts_keep_packets_whole_and_in_order_and_count_what_is_not_sent(noisy: 
     assert metrics.VOICE_SENT_SECONDS.get() - voice == pytest.approx(sum(c.voice_ms for c in cuts) / 1000)
 
 
+def test_metrics_page_shows_the_endpointing_figures() -> None:
+    s = Segmenter(V)
+    s.on_chunk(voiced_chunk(packets=30) + silence_chunk(packets=40), False, 0)
+    s.on_chunk(voiced_chunk(packets=2) + silence_chunk(packets=40), False, 2000)  # too little voice: no job
+    page = metrics.render()
+    assert 'dragoman_cuts_total{reason="endpoint"}' in page
+    assert 'dragoman_voiceless_cuts_total{reason="endpoint"}' in page
+    for name in ("audio_sent", "voice_sent", "audio_trimmed"):
+        assert f"# TYPE dragoman_{name}_seconds_total counter" in page
+
+
 def test_lead_in_and_tail_are_kept_around_the_speech() -> None:
     s = seg(voice_lead_in_ms=200, voice_tail_ms=300)
     chunks = [silence_chunk()] * 4 + [voiced_chunk(packets=30)] + [silence_chunk()] * 5
