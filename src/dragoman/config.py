@@ -85,7 +85,6 @@ class Settings:
     session_result_ttl_ms: int = 60_000  # a session job's record (and outcome) once resolved
     api_result_ttl_ms: int = 600_000  # an HTTP API job's record (and result) once resolved
     binding_ttl_ms: int = 3_600_000  # slot bindings (request id -> job) and live job records
-    affinity_ttl_ms: int = 600_000  # turn and session affinity to a node
     instance_ttl_ms: int = 10_000  # an instance that stops announcing itself is dead after this
     resume_grace_ms: int = 60_000  # a session whose socket closed can be resumed this long (§18.2)
     store_retry_ms: int = 30_000  # how long a node's result waits for an unreachable store before it is given up
