@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from websockets.exceptions import ConnectionClosed
 
 from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.agent.agent import AgentConfig, NodeAgent
 from dragoman.agent.engines import EchoEngine, EngineConfig
 from dragoman.app import create_app
-from dragoman.auth import Auth, exposure_problem, valid_node_id
+from dragoman.auth import Auth, exposure_problem
 from dragoman.cli import main as cli_main
 from dragoman.client.session import SessionClient, SessionConfig
 from dragoman.client.status import fetch_status
@@ -127,17 +128,6 @@ async def test_a_node_id_belongs_to_the_token_that_first_registered_it(dragoman:
     again = node(d, "alice-secret", node_id="gpu-1")
     assert await again.start() == "gpu-1"
     await again.close()
-
-
-async def test_node_ids_are_validated(dragoman: StartDragoman) -> None:
-    d = await dragoman()
-    bad = LinguaNode(d.node_url, node_id="x" * 200)
-    await bad.open()
-    await bad.send(bad.register_frame())
-    assert await bad.wait_closed() == 1008
-    assert close_reason(bad).startswith("invalid node_id")
-    assert valid_node_id("node-0A1B") and valid_node_id("gpu.rack-2:0@eu")
-    assert not valid_node_id("") and not valid_node_id("a b") and not valid_node_id("{cell}") and not valid_node_id("é")
 
 
 # -- clients and Origins ------------------------------------------------------------------------------
@@ -505,7 +495,7 @@ async def test_sighup_rereads_the_token_file_and_secrets_are_never_logged(
             try:
                 await old.send(old.register_frame())
                 ack = await old.recv()
-            except AssertionError:  # closed: the token is no longer valid
+            except (AssertionError, ConnectionClosed):  # closed: the token is no longer valid
                 break
             finally:
                 await old.close()

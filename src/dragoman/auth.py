@@ -21,12 +21,6 @@ from pathlib import Path
 from dragoman.config import ConfigError, Settings
 
 MAX_SECRET_CHARS = 512  # longer presented secrets are refused unread: hashing them costs the server
-_NODE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
-
-
-def valid_node_id(node_id: str) -> bool:
-    """A node id the store keys and the logs can carry: 1-128 of letters, digits and ``._:@-``."""
-    return _NODE_ID.fullmatch(node_id) is not None
 
 
 def digest(secret: str) -> bytes:

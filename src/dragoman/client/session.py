@@ -81,6 +81,10 @@ class _DeliveredSlots:
         self._below = 0
         self._above: set[int] = set()
 
+    def through(self, session_id: str) -> int | None:
+        """The index up to which every outcome of the session was passed on (None: not one yet)."""
+        return self._below - 1 if session_id == self._session and self._below > 0 else None
+
     def add(self, session_id: str, index: int) -> bool:
         """Record the slot; False if it was already delivered."""
         if session_id != self._session:
@@ -181,7 +185,9 @@ class SessionConfig:
             **options,
         )
 
-    def init_message(self, resume_session_id: str | None = None, resume_token: str | None = None) -> p.SessionInit:
+    def init_message(
+        self, resume_session_id: str | None = None, delivered_index: int | None = None, resume_token: str | None = None
+    ) -> p.SessionInit:
         return p.SessionInit(
             client_version=self.client_version,
             platform=self.platform,
@@ -196,7 +202,8 @@ class SessionConfig:
             auto_langs=list(self.auto_langs) if self.auto_langs is not None else None,
             trace_id=self.trace_id,
             resume_session_id=resume_session_id,
-            resume_token=resume_token,
+            resume_delivered_index=delivered_index if resume_session_id else None,
+            resume_token=resume_token if resume_session_id else None,
         )
 
 
@@ -362,7 +369,9 @@ class SessionClient:
                 continue
             try:
                 init = (
-                    self.config.init_message(resume.session_id, resume.resume_token)
+                    self.config.init_message(
+                        resume.session_id, self._delivered.through(resume.session_id), resume.resume_token
+                    )
                     if resume is not None
                     else self.config.init_message()
                 )
