@@ -33,7 +33,13 @@ from conftest import free_port
 from peers import LinguaWebClient
 
 # Jobs that mutants create find no node: let them fail fast instead of piling up for the default 10 s.
-SERVER_ENV = {"DRAGOMAN_PENDING_TIMEOUT_MS": "300", "DRAGOMAN_UTTERANCE_REORDER_MS": "500"}
+# The rate limits off: they would drop most of the mutants unread.
+SERVER_ENV = {
+    "DRAGOMAN_PENDING_TIMEOUT_MS": "300",
+    "DRAGOMAN_UTTERANCE_REORDER_MS": "500",
+    "DRAGOMAN_MAX_MESSAGES_PER_S": "0",
+    "DRAGOMAN_MAX_AUDIO_SPEED": "0",
+}
 
 
 OWN_LINE = re.compile(r"\S+ \S+ [A-Z]+ dragoman[.:]")  # configure_logging's format, a dragoman logger

@@ -43,7 +43,10 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
 async def test_fuzzed_frames_are_answered_and_leave_the_instance_working(
     dragoman: StartDragoman, all_logs: pytest.LogCaptureFixture, seed: int
 ) -> None:
-    d = await dragoman(pending_timeout_ms=300, utterance_reorder_ms=500, close_grace_ms=500)
+    # Thousands of frames as fast as they go: without the rate limits, which would drop most of them unread.
+    d = await dragoman(
+        pending_timeout_ms=300, utterance_reorder_ms=500, close_grace_ms=500, max_messages_per_s=0, max_audio_speed=0
+    )
     rss_before, _ = rss_bytes()
     mutator = Mutator(seed, max_string=64_000)
     async with LinguaWebClient(d.session_url) as client, httpx.AsyncClient(base_url=d.http, timeout=15) as http:
