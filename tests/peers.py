@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -151,13 +152,20 @@ class Peer:
         self.sent: list[Frame] = []
         #: Extra HTTP headers of the opening handshake (e.g. a browser's ``Origin``).
         self.headers: dict[str, str] = {}
+        #: The TLS context of a ``wss://`` URL (None: the system's trusted certificates).
+        self.ssl: ssl.SSLContext | None = None
 
     # -- connection --
 
     async def open(self) -> None:
         """Open the WebSocket connection."""
         self.ws = await connect(
-            self.url, max_size=None, ping_interval=None, open_timeout=5, additional_headers=self.headers
+            self.url,
+            max_size=None,
+            ping_interval=None,
+            open_timeout=5,
+            additional_headers=self.headers,
+            ssl=self.ssl if self.url.startswith("wss:") else None,
         )
 
     async def close(self) -> None:

@@ -4,7 +4,9 @@ still work with authentication on (README "Security")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import ssl
 import subprocess
@@ -26,6 +28,7 @@ from dragoman.agent.engines import EchoEngine, EngineConfig
 from dragoman.app import create_app
 from dragoman.auth import Auth, exposure_problem
 from dragoman.cli import main as cli_main
+from dragoman.client.endpoints import tls_context
 from dragoman.client.session import SessionClient, SessionConfig
 from dragoman.client.status import fetch_status
 from dragoman.config import ConfigError, Settings, load_settings
@@ -156,7 +159,7 @@ async def test_a_disallowed_origin_is_refused_on_both_sockets(dragoman: StartDra
     rogue = node(d, "alice-secret")
     rogue.headers = {"Origin": "https://evil.example"}
     assert await refused(rogue) == (1008, "origin not allowed")
-    assert metrics.REFUSED_SOCKETS.get("session", "origin not allowed") >= 1
+    assert metrics.REFUSED.get("session", "origin not allowed") >= 1
 
 
 async def test_without_auth_everything_works_as_before(dragoman: StartDragoman) -> None:
@@ -525,3 +528,50 @@ async def test_the_status_command_with_and_without_an_admin_key(
     missing_ca = ["status", "--scheduler", d.http, "--ca-file", str(Path("/nonexistent/ca.pem"))]
     assert await asyncio.to_thread(cli_main, missing_ca) == 2
     assert "CA file /nonexistent/ca.pem" in capsys.readouterr().err
+
+
+def _serve_once(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "dragoman", "serve", "--port", str(free_port()), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_tls_files_that_cannot_be_used_are_one_line(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    done = _serve_once("--ssl-certfile", missing, "--ssl-keyfile", missing, "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 1 and done.stderr == f"dragoman: ssl_certfile {missing}: No such file or directory\n"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    done = _serve_once("--ssl-certfile", str(garbage), "--ssl-keyfile", str(garbage), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 1 and done.stderr.startswith("dragoman: ssl_certfile/ssl_keyfile: cannot use them")
+    assert done.stderr.count("\n") == 1
+    done = _serve_once("--ssl-certfile", str(garbage))
+    assert done.returncode == 2 and "ssl_certfile and ssl_keyfile: give both" in done.stderr
+
+
+async def test_serve_with_tls_serves_https_and_wss(store_url: str, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_pem, ca_pem = tmp_path / "server.pem", tmp_path / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    port = free_port()
+    tls = ["--ssl-certfile", str(server_pem), "--ssl-keyfile", str(server_pem)]
+    command = [sys.executable, "-m", "dragoman", "serve", "--port", str(port), "--redis-url", store_url, *tls]
+    env = os.environ | {"DRAGOMAN_KEY_PREFIX": f"t-{uuid.uuid4().hex[:10]}", "DRAGOMAN_NODE_TOKENS": "n:t"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        async with httpx.AsyncClient(verify=tls_context(str(ca_pem))) as https:
+            for _ in range(200):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await https.get(f"https://127.0.0.1:{port}/health")).text == "OK":
+                        break
+                assert process.poll() is None
+                await asyncio.sleep(0.05)
+        node = LinguaNode(f"wss://127.0.0.1:{port}/ws/node?token=t")
+        node.ssl = tls_context(str(ca_pem))
+        await node.start()
+        await node.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 20)
+    output = process.stdout.read() if process.stdout else ""
+    assert f"clients  wss://127.0.0.1:{port}/ws/session" in output and f"health   https://127.0.0.1:{port}" in output

@@ -20,7 +20,7 @@ from dragoman.auth import Auth, Verdict
 from dragoman.limits import PeerConnections, RateLimitedLog
 
 audit_log = logging.getLogger("dragoman.audit")
-Path = Literal["node", "session"]
+SocketPath = Literal["node", "session"]
 POLICY = 1008  # the close code of an authentication refusal
 TRY_LATER = 1013  # the close code of a limit
 
@@ -37,7 +37,7 @@ class Admission:
         self.peers = PeerConnections(max_connections_per_peer)
         self.audit = RateLimitedLog(audit_log)
 
-    async def admit(self, websocket: WebSocket, path: Path) -> Admitted | None:
+    async def admit(self, websocket: WebSocket, path: SocketPath) -> Admitted | None:
         """Accept the socket; None when it is refused (then it is closed). An admitted socket must be
         ``leave``-d when it ends."""
         peer = websocket.client.host if websocket.client else "unknown"
@@ -52,7 +52,7 @@ class Admission:
         verdict = self.auth.node(headers, query) if path == "node" else self.auth.session(headers, query)
         if verdict.refused:
             self.peers.leave(peer)
-            metrics.REFUSED_SOCKETS.inc(path, verdict.refused)
+            metrics.REFUSED.inc(path, verdict.refused)
             self.refused(path, peer, verdict.refused)
             await websocket.close(POLICY, verdict.refused)
             return None
@@ -61,7 +61,7 @@ class Admission:
     def leave(self, admitted: Admitted) -> None:
         self.peers.leave(admitted.peer)
 
-    def refused(self, path: Path | Literal["http"], peer: str, why: str) -> None:
+    def refused(self, path: SocketPath | Literal["http"], peer: str, why: str) -> None:
         """The audit line of a refusal, at most one a second per path and reason (a flood stays a line)."""
         what = "HTTP call" if path == "http" else f"{path} socket"
         self.audit.log(logging.WARNING, f"{path}: {why}", "%s from %s refused: %s", what, peer, why)
@@ -78,7 +78,7 @@ def guarded(admission: Admission, check: Callable[[Auth, Request], Verdict], end
         verdict = check(admission.auth, request)
         if verdict.refused:
             peer = request.client.host if request.client else "unknown"
-            metrics.REFUSED_SOCKETS.inc("http", verdict.refused)
+            metrics.REFUSED.inc("http", verdict.refused)
             admission.refused("http", peer, verdict.refused)
             return JSONResponse(
                 {"error": "unauthorized", "message": verdict.refused},

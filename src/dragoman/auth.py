@@ -127,13 +127,13 @@ class Auth:
 
     def reload(self) -> None:
         """Re-read the secret files (SIGHUP). A bad file raises ConfigError and changes nothing."""
-        for secrets_ in (self.nodes, self.clients, self.admins):
-            secrets_.load()
+        for secret_set in (self.nodes, self.clients, self.admins):
+            secret_set.load()
 
     @property
     def reloadable(self) -> bool:
         """Some secrets come from a file (SIGHUP re-reads them)."""
-        return any(secrets_.file for secrets_ in (self.nodes, self.clients, self.admins))
+        return any(secret_set.file for secret_set in (self.nodes, self.clients, self.admins))
 
     @property
     def on(self) -> bool:

@@ -131,7 +131,7 @@ class NodeLink:
             self.conn.close(1011)
             return
         if registered.refused:
-            metrics.REFUSED_SOCKETS.inc("node", "node id of another token")
+            metrics.REFUSED.inc("node", "node id of another token")
             log.warning(
                 "node socket from %s (token %s): node id %s belongs to another token; closed",
                 self.peer,

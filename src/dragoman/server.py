@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import socket
+import ssl
 from collections.abc import Generator
 from typing import Any
 
@@ -160,6 +161,10 @@ def _tls(settings: Settings) -> dict[str, Any]:
                 pass
         except OSError as exc:
             raise StartupError(f"{name} {path}: {exc.strerror or exc}") from None
+    try:  # loaded here, as uvicorn will, so that a bad certificate or key stops serve before anything starts
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    except ssl.SSLError as exc:
+        raise StartupError(f"ssl_certfile/ssl_keyfile: cannot use them: {exc}") from None
     return {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
 
 
@@ -190,10 +195,6 @@ async def serve(settings: Settings) -> None:
             **uvicorn_options(settings),
             **tls,
         )
-        try:
-            config.load()  # the certificate and key, read here so that a bad one is a startup error
-        except Exception as exc:  # ssl.SSLError, ValueError: uvicorn says what it could not load
-            raise StartupError(f"ssl_certfile/ssl_keyfile: cannot use them: {exc}") from None
         server = UvicornServer(config)
         for name in ("uvicorn.error", "uvicorn.access"):  # after uvicorn configured its logging
             logging.getLogger(name).addFilter(SecretQueryFilter())
