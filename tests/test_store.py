@@ -409,3 +409,15 @@ async def test_a_timed_out_attempt_moves_to_a_node_of_another_cell(any_store_url
         assert [(x.job_id, x.node, x.attempt) for x in moved] == [(created.job_id, b, 2)]
     finally:
         await s.close()
+
+
+async def test_capacity_freed_by_a_cancel_places_a_waiting_job(store: Store) -> None:
+    a = node_in(store, 0, "a")
+    await add_node(store, a, cap=1)
+    home = session_in(store, 0)
+    running = await store.create_job(spec(session=home))
+    waiting = await store.create_job(spec(session=home, index=1))
+    assert waiting.state == "pending"
+    actions = await store.cancel_jobs([(running.job_id, running.cell)], "gap_timeout")
+    assert [c.job_id for c in actions if isinstance(c, Cancel)] == [running.job_id]
+    assert [(x.job_id, x.node) for x in assigns(actions)] == [(waiting.job_id, a)]
