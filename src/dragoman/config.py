@@ -119,7 +119,7 @@ def _coerce(name: str, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else value
         if isinstance(items, list | tuple) and all(isinstance(item, str) for item in items):
             return tuple(item.strip() for item in items if item.strip())
-        raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        raise ConfigError(f"{name}: expected a list of strings")  # the value may hold secrets: not shown
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     if isinstance(value, str):
