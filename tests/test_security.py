@@ -575,3 +575,47 @@ async def test_serve_with_tls_serves_https_and_wss(store_url: str, tmp_path: Pat
         await asyncio.to_thread(process.wait, 20)
     output = process.stdout.read() if process.stdout else ""
     assert f"clients  wss://127.0.0.1:{port}/ws/session" in output and f"health   https://127.0.0.1:{port}" in output
+
+
+def test_workers_on_a_non_loopback_host_without_auth_refuse_once(data_dir: Path) -> None:
+    done = _serve_once("--workers", "2", "--host", "0.0.0.0", "--data-dir", str(data_dir))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr  # the parent, before any child
+    assert done.stderr.startswith("dragoman: host '0.0.0.0' is not loopback") and not data_dir.exists()
+
+
+async def test_workers_pass_sighup_on_so_that_each_rereads_the_token_file(store_url: str, tmp_path: Path) -> None:
+    tokens = tmp_path / "node-tokens"
+    tokens.write_text("rack1:first-secret\n")
+    port = free_port()
+    command = [sys.executable, "-m", "dragoman", "serve", "--workers", "2", "--port", str(port)]
+    env = os.environ | {
+        "DRAGOMAN_REDIS_URL": store_url,
+        "DRAGOMAN_KEY_PREFIX": f"t-{uuid.uuid4().hex[:10]}",
+        "DRAGOMAN_NODE_TOKENS_FILE": str(tokens),
+        "DRAGOMAN_ADMIN_KEYS": "ops:ops-key",
+        "DRAGOMAN_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"ws://127.0.0.1:{port}/ws/node?token="
+    try:
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer ops-key"}) as http:
+            for _ in range(300):  # until both workers announced themselves
+                with contextlib.suppress(httpx.TransportError, ValueError, KeyError):
+                    cluster = (await http.get(f"http://127.0.0.1:{port}/api/v1/cluster")).json()
+                    if sum(i["is_online"] for i in cluster["instances"]) == 2:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the two workers did not come up")
+        tokens.write_text("rack2:second-secret\n")
+        process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        for _ in range(8):  # the kernel spreads the sockets over both workers: every one refuses the old token
+            assert await refused(LinguaNode(url + "first-secret")) == (1008, "node token not valid")
+            async with LinguaNode(url + "second-secret") as node:
+                await node.register()
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 30)
+    assert code == 0

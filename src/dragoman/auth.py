@@ -23,6 +23,11 @@ from dragoman.config import ConfigError, Settings
 MAX_SECRET_CHARS = 512  # longer presented secrets are refused unread: hashing them costs the server
 
 
+def has_secret_files(settings: Settings) -> bool:
+    """Some secrets come from a file, which SIGHUP re-reads (instead of stopping the server)."""
+    return bool(settings.node_tokens_file or settings.client_keys_file or settings.admin_keys_file)
+
+
 def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -129,11 +134,6 @@ class Auth:
         """Re-read the secret files (SIGHUP). A bad file raises ConfigError and changes nothing."""
         for secret_set in (self.nodes, self.clients, self.admins):
             secret_set.load()
-
-    @property
-    def reloadable(self) -> bool:
-        """Some secrets come from a file (SIGHUP re-reads them)."""
-        return any(secret_set.file for secret_set in (self.nodes, self.clients, self.admins))
 
     @property
     def on(self) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dragoman import bench
 from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
-from dragoman.config import ConfigError, configure_logging, load_settings
+from dragoman.config import ConfigError, Settings, configure_logging, load_settings
 from dragoman.store.embedded import EmbeddedStoreError
 
 
@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
     serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers", type=int, help="instances on this machine sharing the port and the store (default 1)"
+    )
     serve.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve wss:// and https:// (with --ssl-keyfile)")
     serve.add_argument("--ssl-keyfile", help="the TLS certificate's private key (PEM)")
     serve.add_argument(
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_url": args.redis_url,
                 "data_dir": args.data_dir,
                 "log_level": args.log_level,
+                "workers": args.workers,
                 "ssl_certfile": args.ssl_certfile,
                 "ssl_keyfile": args.ssl_keyfile,
                 "insecure": args.insecure,
@@ -71,11 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    from dragoman.server import StartupError, preflight
+    from dragoman.workers import run_workers
+
+    try:
+        if settings.workers > 1:
+            preflight(settings)  # once, in the parent, before the store and the children start
+            return run_workers(settings, lambda one: _serve(one, reuse_port=True))
+        return _serve(settings, reuse_port=False)
+    except (StartupError, EmbeddedStoreError, OSError) as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, reuse_port: bool) -> int:
+    """One instance, until it is stopped; its exit code."""
     from dragoman.server import StartupError, serve
 
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, reuse_port))
     except (StartupError, EmbeddedStoreError, OSError) as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dragoman.app import create_app
-from dragoman.auth import Auth, SecretQueryFilter, exposure_problem
+from dragoman.auth import Auth, SecretQueryFilter, exposure_problem, has_secret_files
 from dragoman.config import ConfigError, Settings
 from dragoman.scheduler import Scheduler
 from dragoman.store import Store, StoreConfigError
@@ -31,8 +31,9 @@ class StartupError(RuntimeError):
     """``dragoman serve`` cannot start; the message names the setting and the cause, in one line."""
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, made before anything else starts, so a busy port fails at once and alone."""
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """The listening socket, made before anything else starts, so a busy port fails at once and alone.
+    ``reuse_port``: shared with the other workers of ``serve --workers`` (the kernel spreads connections)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -40,6 +41,8 @@ def _listen(host: str, port: int) -> socket.socket:
         raise StartupError(f"host {host!r}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -168,10 +171,15 @@ def _tls(settings: Settings) -> dict[str, Any]:
     return {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
 
 
-async def serve(settings: Settings) -> None:
-    auth = _auth(settings)
-    tls = _tls(settings)
-    listener = _listen(settings.host, settings.port)
+def preflight(settings: Settings) -> tuple[Auth, dict[str, Any]]:
+    """What must hold before anything starts (``serve``, or the parent of ``--workers``): the authentication
+    settings (a non-loopback host needs them) and the TLS files."""
+    return _auth(settings), _tls(settings)
+
+
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
+    auth, tls = preflight(settings)
+    listener = _listen(settings.host, settings.port, reuse_port)
     embedded: EmbeddedStore | None = None
     supervisor: asyncio.Task[None] | None = None
     store: Store | None = None
@@ -207,7 +215,7 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shut_down)
-        if auth.reloadable:  # SIGHUP re-reads the secret files; without any, it means the terminal went away
+        if has_secret_files(settings):  # SIGHUP re-reads the secret files; without any, the terminal went away
             loop.add_signal_handler(signal.SIGHUP, _reload, auth)
         else:
             loop.add_signal_handler(signal.SIGHUP, shut_down)
