@@ -25,6 +25,7 @@ from dragoman import __version__, metrics
 from dragoman import protocol as p
 from dragoman.config import Settings
 from dragoman.connection import Connection
+from dragoman.rooms import Rooms
 from dragoman.session import SessionActor
 from dragoman.store import (
     Action,
@@ -36,6 +37,7 @@ from dragoman.store import (
     Notify,
     Outcome,
     Partial,
+    RoomFrame,
     Routed,
     Store,
 )
@@ -64,6 +66,7 @@ class Scheduler:
         self._stopping = False
         self.store_healthy = True
         self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
+        self.rooms = Rooms(self)
         metrics.SESSIONS.read = lambda: len(self.sessions)
         metrics.NODES.read = lambda: len(self.nodes)
 
@@ -79,6 +82,9 @@ class Scheduler:
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
                 self._every(self.settings.reconcile_interval_ms / 1000, self.reconcile), name="reconcile"
+            ),
+            asyncio.create_task(
+                self._every(self.settings.room_check_interval_ms / 1000, self.rooms.sweep), name="rooms"
             ),
         ]
 
@@ -307,6 +313,8 @@ class Scheduler:
                     actor = self.sessions.get(action.session)
                     if actor is not None:
                         actor.partial(p.decode_partial(action.raw))
+                case RoomFrame():
+                    self.rooms.received(action)
                 case _:
                     assert_never(action)
 

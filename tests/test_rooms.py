@@ -1,0 +1,317 @@
+"""Rooms (PROTOCOL.md §13, §11.1, §12.3, §15.5): lingua-style clients on real sockets, a real store, members
+on several instances."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conftest import Running, StartDragoman, start_dragoman
+from peers import Frame, LinguaNode, LinguaWebClient, pcm16
+
+LANGS = ("zh", "en", "ja")
+JOINED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
+
+
+@pytest.fixture
+async def pair(store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+    """Two instances sharing one store (one deployment)."""
+    prefix = f"rooms-{uuid.uuid4().hex[:8]}"
+    a = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    b = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    yield a, b
+    for instance in (a, b):
+        await instance.stop()
+
+
+async def _client(url: str, lang: str) -> LinguaWebClient:
+    client = LinguaWebClient(url)
+    await client.open()
+    await client.init(two_way=False, src_lang=lang, tgt_lang="en")
+    return client
+
+
+async def _room_error(client: LinguaWebClient) -> Frame:
+    return await client.expect("room_error")
+
+
+async def test_create_join_leave_and_lingua_errors(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    a, b, c = [await _client(d.session_url, lang) for lang in LANGS]
+    try:
+        ack, members = await a.room_create(preferred_lang="zh", display_name="Ann")
+        code = ack["room_code"]
+        assert re.fullmatch(r"[1-9]\d{5}", code) and uuid.UUID(ack["room_id"]).version == 4
+        [first] = members
+        assert first["participant_id"] == first["session_id"] == a.session_id
+        assert first["display_name"] == "Ann" and first["preferred_lang"] == "zh"
+        assert JOINED_AT.match(first["joined_at"]) and "raw_voice_preferences" not in first
+
+        await b.room_join(code, preferred_lang="en")
+        for member in (a, b):
+            ids = [m["session_id"] for m in await member.members(count=2)]
+            assert ids == [a.session_id, b.session_id]  # in joining order
+
+        await b.room_join(code, preferred_lang="en")
+        assert await _room_error(b) == {"type": "room_error", "code": "ALREADY_IN_ROOM", "message": "已在房间中"}
+        await a.send({"type": "room_create", "client_ts": 1})  # already in one
+        assert (await _room_error(a))["code"] == "ALREADY_IN_ROOM"
+        wrong = "100000" if code != "100000" else "100001"
+        await c.room_join(wrong, preferred_lang="ja")
+        assert await _room_error(c) == {"type": "room_error", "code": "ROOM_NOT_FOUND", "message": "房间不存在"}
+
+        await b.room_leave(code)
+        assert [m["session_id"] for m in await a.members()] == [a.session_id]
+        await b.room_leave(code)
+        assert (await _room_error(b))["code"] == "ROOM_NOT_FOUND"
+        await b.expect_nothing(0.3, types={"room_members"})
+
+        await a.room_leave(code)  # the last member: the room is deleted, its code free
+        await a.expect_nothing(0.3, types={"room_members", "room_error"})
+        await c.room_join(code)
+        assert (await _room_error(c))["code"] == "ROOM_NOT_FOUND"
+        assert await d.store.room_counts() == (0, 0)
+    finally:
+        for client in (a, b, c):
+            await client.close()
+
+
+async def test_room_message_before_session_init_and_malformed(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    async with LinguaWebClient(d.session_url) as client:
+        await client.send({"type": "room_create", "client_ts": 1})
+        error = await client.expect("error")
+        assert error["code"] == "INTERNAL_ERROR"
+        assert error["message"] == "Failed to process message: Session not initialized"
+        await client.init()
+        await client.send({"type": "room_join"})  # no room_code
+        assert (await client.expect("error"))["code"] == "INVALID_MESSAGE"
+        ack, _ = await client.room_create()  # the socket is still usable
+        assert ack["room_code"]
+
+
+async def _answer_all(nodes: list[LinguaNode], count: int) -> list[Frame]:
+    """Collect ``count`` jobs from the nodes and answer them in reverse order of arrival."""
+    jobs: list[tuple[LinguaNode, Frame]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while len(jobs) < count and loop.time() < deadline:
+        for node in nodes:
+            jobs += [(node, job) for job in await node.jobs_within(0.2)]
+    assert len(jobs) == count, f"{len(jobs)} of {count} jobs"
+    for node, job in reversed(jobs):
+        await node.result(job, text_translated=f"{job['tgt_lang']}:{job['session_id']}:{job['utterance_index']}")
+    return [job for _, job in jobs]
+
+
+async def test_three_members_three_languages_on_two_instances(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    nodes = [LinguaNode(x.node_url, langs=LANGS, max_concurrent_jobs=8) for x in (a, b)]
+    for node in nodes:
+        await node.start()
+    # zh and ja speakers on instance a, the en speaker on instance b
+    zh, en, ja = (
+        await _client(a.session_url, "zh"),
+        await _client(b.session_url, "en"),
+        await _client(a.session_url, "ja"),
+    )
+    members = {"zh": zh, "en": en, "ja": ja}
+    try:
+        ack, _ = await zh.room_create(preferred_lang="zh")
+        await en.room_join(ack["room_code"], preferred_lang="en")
+        await en.members(count=2)
+        await ja.room_join(ack["room_code"], preferred_lang="ja")
+        for client in members.values():
+            await client.members(count=3)
+
+        for index in range(2):  # everybody speaks twice
+            for lang, client in members.items():
+                await client.utterance(index, pcm16(300), src_lang=lang, tgt_lang="en")
+        jobs = await _answer_all(nodes, 3 * 2 * 2)  # each utterance: one job per other member's language
+
+        by_utterance: dict[tuple[str, int], list[Frame]] = {}
+        for job in jobs:
+            by_utterance.setdefault((job["session_id"], job["utterance_index"]), []).append(job)
+        for (session, _), group in by_utterance.items():
+            speaker = next(lang for lang, c in members.items() if c.session_id == session)
+            assert sorted(j["tgt_lang"] for j in group) == sorted(set(LANGS) - {speaker})
+            assert len({j["turn_id"] for j in group}) == 1  # one turn for the utterance's jobs
+        for node in nodes:  # lingua's node rejects a repeated (session_id, utterance_index) (N5)
+            seen = [(j["session_id"], j["utterance_index"]) for j in node.jobs]
+            assert len(seen) == len(set(seen))
+
+        for lang, listener in members.items():
+            got = await listener.outcomes(4)
+            results = [(r["session_id"], r["utterance_index"], r["text_translated"]) for r in got]
+            others = [c.session_id for other, c in members.items() if other != lang]
+            for speaker in others:  # each other member's results, in that speaker's order, exactly once
+                assert [(i, t) for s, i, t in results if s == speaker] == [
+                    (0, f"{lang}:{speaker}:0"),
+                    (1, f"{lang}:{speaker}:1"),
+                ]
+            assert listener.session_id not in {s for s, _, _ in results}  # not its own
+            await listener.expect_nothing(0.4, types={"translation_result", "missing_result", "error"})
+    finally:
+        for client in members.values():
+            await client.close()
+        for node in nodes:
+            await node.close()
+
+
+async def test_utterance_jobs_never_share_a_node(dragoman: StartDragoman) -> None:
+    """With one node and two target languages, the second job of an utterance waits for another node
+    instead of reaching the same node (N5); a second node then gets it."""
+    d = await dragoman(tick_interval_ms=50)
+    first = LinguaNode(d.node_url, langs=LANGS)
+    await first.start()
+    zh, en, ja = [await _client(d.session_url, lang) for lang in LANGS]
+    second = LinguaNode(d.node_url, langs=LANGS)
+    try:
+        ack, _ = await zh.room_create(preferred_lang="zh")
+        await en.room_join(ack["room_code"], preferred_lang="en")
+        await ja.room_join(ack["room_code"], preferred_lang="ja")
+        await zh.members(count=3)
+        await zh.utterance(0, pcm16(300), src_lang="zh", tgt_lang="en")
+        job = await first.next_job()
+        await first.expect_nothing(0.5, types={"job_assign"})
+        await second.start()
+        other = await second.next_job()
+        assert {job["tgt_lang"], other["tgt_lang"]} == {"en", "ja"}
+        assert (job["session_id"], job["utterance_index"]) == (other["session_id"], other["utterance_index"])
+        await first.result(job)
+        await second.result(other)
+        assert (await en.outcomes(1))[0]["text_translated"] == "en: asr 0"
+        assert (await ja.outcomes(1))[0]["text_translated"] == "ja: asr 0"
+    finally:
+        for peer in (zh, en, ja, first, second):
+            await peer.close()
+
+
+async def test_webrtc_relay_across_instances_mute_and_refusal(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    alice, bob, carol = (
+        await _client(a.session_url, "zh"),
+        await _client(b.session_url, "en"),
+        await _client(b.session_url, "ja"),
+    )
+    try:
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        code = ack["room_code"]
+        await bob.room_join(code, preferred_lang="en")
+        await alice.members(count=2)
+        await bob.members(count=2)
+        sdp = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}
+        await alice.webrtc("webrtc_offer", code, bob.session_id, sdp)
+        assert await bob.expect("webrtc_offer") == {
+            "type": "webrtc_offer",
+            "room_code": code,
+            "to": alice.session_id,
+            "sdp": sdp,
+        }
+        await bob.webrtc("webrtc_answer", code, alice.session_id, {"type": "answer", "sdp": "v=0"})
+        answer = await alice.expect("webrtc_answer")
+        assert answer["to"] == bob.session_id and answer["sdp"] == {"type": "answer", "sdp": "v=0"}
+        candidate = {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0"}
+        await alice.webrtc("webrtc_ice", code, bob.session_id, candidate)
+        ice = await bob.expect("webrtc_ice")
+        assert ice["to"] == alice.session_id and ice["candidate"] == candidate
+
+        await bob.raw_voice(code, alice.session_id, False)  # bob mutes alice
+        for client in (alice, bob):
+            members = await client.members()
+            assert next(m for m in members if m["session_id"] == bob.session_id)["raw_voice_preferences"] == {
+                alice.session_id: False
+            }
+        await alice.webrtc("webrtc_offer", code, bob.session_id, sdp)
+        await bob.expect_nothing(0.4, types={"webrtc_offer"})
+        await bob.webrtc("webrtc_ice", code, alice.session_id, candidate)  # alice did not mute bob
+        assert (await alice.expect("webrtc_ice"))["to"] == bob.session_id
+
+        await alice.webrtc("webrtc_offer", code, carol.session_id, sdp)  # carol is in no room
+        assert (await _room_error(alice))["code"] == "INTERNAL_ERROR"
+        await carol.webrtc("webrtc_offer", code, alice.session_id, sdp)  # not a member of that room
+        assert (await _room_error(carol))["code"] == "ROOM_NOT_FOUND"
+        await alice.expect_nothing(0.3, types={"webrtc_offer"})
+        await carol.expect_nothing(0.1, types={"webrtc_offer"})
+    finally:
+        for client in (alice, bob, carol):
+            await client.close()
+
+
+async def test_socket_close_leaves_and_resume_rejoins(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    alice, bob = await _client(a.session_url, "zh"), await _client(b.session_url, "en")
+    try:
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await bob.room_join(ack["room_code"], preferred_lang="en", display_name="Bob")
+        await alice.members(count=2)
+        bob_id = bob.session_id
+        await bob.close()  # no session_close: the web client just closes its socket
+        assert [m["session_id"] for m in await alice.members()] == [alice.session_id]
+
+        bob = LinguaWebClient(a.session_url)  # back, on the other instance
+        await bob.open()
+        await bob.init(two_way=False, src_lang="en", resume_session_id=bob_id)
+        assert bob.session_id == bob_id
+        back = await bob.members(count=2)
+        assert next(m for m in back if m["session_id"] == bob_id)["display_name"] == "Bob"
+        await alice.members(count=2)
+
+        await alice.close_session()  # session_close leaves the room too
+        await alice.expect("session_close_ack")
+        assert [m["session_id"] for m in await bob.members()] == [bob_id]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_idle_room_expires(dragoman: StartDragoman) -> None:
+    d = await dragoman(room_idle_ms=600, room_check_interval_ms=100)
+    alice, bob = [await _client(d.session_url, lang) for lang in ("zh", "en")]
+    try:
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        for client in (alice, bob):
+            expired = await client.expect("room_expired", timeout=5)
+            assert expired == {
+                "type": "room_expired",
+                "room_code": ack["room_code"],
+                "message": "30分钟无人发言，房间已过期",
+            }
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        assert (await _room_error(bob))["code"] == "ROOM_NOT_FOUND"
+        ack2, _ = await alice.room_create(preferred_lang="zh")  # no longer in a room: may create another
+        assert ack2["room_id"] != ack["room_id"]
+        assert await d.store.room_counts() == (1, 1)
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_room_full_and_failed_joins_are_limited(dragoman: StartDragoman) -> None:
+    d = await dragoman(room_max_members=2, room_join_failures=3)
+    alice, bob, carol = [await _client(d.session_url, lang) for lang in LANGS]
+    try:
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        await bob.members(count=2)
+        await carol.room_join(ack["room_code"], preferred_lang="ja")
+        assert (await _room_error(carol))["code"] == "ROOM_FULL"
+
+        for guess in ("12345", "abcdef", "999999" if ack["room_code"] != "999999" else "999998"):
+            await carol.room_join(guess)
+            assert (await _room_error(carol))["code"] == "ROOM_NOT_FOUND"
+        await bob.room_leave(ack["room_code"])  # room now; but carol's socket has used up its failures
+        await alice.members(count=1)
+        await carol.room_join(ack["room_code"], preferred_lang="ja")
+        limited = await _room_error(carol)
+        assert limited["code"] == "INTERNAL_ERROR" and "too many failed room joins" in limited["message"]
+        await bob.room_join(ack["room_code"], preferred_lang="en")  # another socket is not limited
+        await bob.members(count=2)
+    finally:
+        for client in (alice, bob, carol):
+            await client.close()
