@@ -8,10 +8,11 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from conftest import Running, StartDragoman, start_dragoman
-from peers import Frame, LinguaNode, LinguaWebClient, pcm16
+from peers import Frame, LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 LANGS = ("zh", "en", "ja")
 JOINED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
@@ -315,3 +316,36 @@ async def test_room_full_and_failed_joins_are_limited(dragoman: StartDragoman) -
     finally:
         for client in (alice, bob, carol):
             await client.close()
+
+
+async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[Running, Running]) -> None:
+    a, b = pair
+    node = LinguaNode(a.node_url, langs=LANGS)
+    await node.start()
+    speaker = LinguaWebClient(a.session_url)  # the web client's two-way session, streaming Opus
+    await speaker.open()
+    await speaker.init(lang_a="zh", lang_b="en")
+    listener = await _client(b.session_url, "en")
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        await listener.room_join(ack["room_code"], preferred_lang="en")
+        await speaker.members(count=2)
+        await speaker.chunk(voiced_chunk())
+        await speaker.chunk(voiced_chunk())
+        await speaker.chunk(b"", is_final=True)
+        job = await node.next_job()
+        assert job["tgt_lang"] == "en" and job["session_id"] == speaker.session_id and job["is_manual_cut"]
+        await node.result(job, text_translated="hello")
+        [result] = await listener.outcomes(1)
+        assert result["session_id"] == speaker.session_id and result["text_translated"] == "hello"
+        await speaker.expect_nothing(0.4, types={"translation_result"})
+        async with httpx.AsyncClient() as http:
+            stats = (await http.get(f"{b.http}/api/v1/stats")).json()
+            assert stats["rooms"] == {"active_rooms": 1, "room_members": 2}
+            cluster = (await http.get(f"{a.http}/api/v1/cluster")).json()
+            assert (cluster["total_rooms"], cluster["total_room_members"]) == (1, 2)
+            metrics = (await http.get(f"{a.http}/metrics")).text
+            assert 'dragoman_room_events_total{event="created"}' in metrics
+    finally:
+        for peer in (speaker, listener, node):
+            await peer.close()
