@@ -320,21 +320,25 @@ async def test_room_full_and_failed_joins_are_limited(dragoman: StartDragoman) -
 
 async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[Running, Running]) -> None:
     a, b = pair
+    bilingual = LinguaNode(a.node_url, langs=("zh", "en"))  # cannot produce ja
+    await bilingual.start()
     node = LinguaNode(a.node_url, langs=LANGS)
     await node.start()
     speaker = LinguaWebClient(a.session_url)  # the web client's two-way session, streaming Opus
     await speaker.open()
     await speaker.init(lang_a="zh", lang_b="en")
-    listener = await _client(b.session_url, "en")
+    listener = await _client(b.session_url, "ja")
     try:
         ack, _ = await speaker.room_create(preferred_lang="zh")
-        await listener.room_join(ack["room_code"], preferred_lang="en")
+        await listener.room_join(ack["room_code"], preferred_lang="ja")
         await speaker.members(count=2)
         await speaker.chunk(voiced_chunk())
         await speaker.chunk(voiced_chunk())
         await speaker.chunk(b"", is_final=True)
         job = await node.next_job()
-        assert job["tgt_lang"] == "en" and job["session_id"] == speaker.session_id and job["is_manual_cut"]
+        assert job["tgt_lang"] == "ja" and job["session_id"] == speaker.session_id and job["is_manual_cut"]
+        assert (job["src_lang"], job["lang_a"], job["lang_b"]) == ("auto", "zh", "en")
+        await bilingual.expect_nothing(0.3, types={"job_assign"})  # zh or en speech into ja: not for it
         await node.result(job, text_translated="hello")
         [result] = await listener.outcomes(1)
         assert result["session_id"] == speaker.session_id and result["text_translated"] == "hello"
@@ -347,5 +351,5 @@ async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[
             metrics = (await http.get(f"{a.http}/metrics")).text
             assert 'dragoman_room_events_total{event="created"}' in metrics
     finally:
-        for peer in (speaker, listener, node):
+        for peer in (speaker, listener, node, bilingual):
             await peer.close()

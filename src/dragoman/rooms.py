@@ -27,6 +27,7 @@ import msgspec
 
 from dragoman import metrics
 from dragoman import protocol as p
+from dragoman.langs import job_pairs, normalize
 from dragoman.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
 from dragoman.store_errors import store_unavailable
 
@@ -68,17 +69,27 @@ def gap_deadline(slots: dict[int, Slot], head_since: float, gap_timeout_ms: int)
     return max(head_since, min(waiting)) + gap_timeout_ms
 
 
+def room_job_pairs(src_lang: str, tgt_lang: str, lang_a: str | None, lang_b: str | None) -> tuple[str, str]:
+    """The pools of a room job: a two-way speaker may speak either of its two languages, so the node must
+    recognise both and produce the listener's language; a one-way speaker's job is placed as any other."""
+    if normalize(src_lang) == "auto" and lang_a and lang_b:
+        tgt = normalize(tgt_lang)
+        return f"{normalize(lang_a)}:{tgt}", f"{normalize(lang_b)}:{tgt}"
+    return job_pairs(src_lang, tgt_lang, lang_a, lang_b)
+
+
 class RoomView(msgspec.Struct, frozen=True):
     """A room as one member last heard of it."""
 
     room_id: str
     code: str
     members: list[RoomMember]
+    version: int  # the room's change count when this view was taken
 
     @classmethod
     def of(cls, state: RoomState) -> RoomView:
         members = sorted(state.members, key=lambda m: (m.joined_at, m.session_id))
-        return cls(state.room_id, state.code, members)
+        return cls(state.room_id, state.code, members, state.version)
 
     def member(self, session: str) -> RoomMember | None:
         return next((m for m in self.members if m.session_id == session), None)
@@ -204,6 +215,9 @@ class Membership:
         self._streams: dict[str, _Stream] = {}
         self._by_job: dict[str, tuple[str, int]] = {}
         self._touched = 0.0
+        # (room id, version) of the newest room news this member has: broadcasts of concurrent changes may
+        # arrive out of order (from several instances), and an older one is dropped.
+        self._known = ("", 0)
         self._rejoin = (resumed.room, resumed.member) if resumed is not None and resumed.room else None
 
     @property
@@ -226,9 +240,16 @@ class Membership:
             self.view = None
         elif event.room is not None:
             view = _decode_view(event.room)
+            if view.room_id == self._known[0] and view.version <= self._known[1]:
+                return  # older than what this member knows
+            self._learn(view)
             if view.member(self.actor.id) is not None:
                 self.view = view
         self._send(event.frame)
+
+    def _learn(self, view: RoomView) -> None:
+        if view.room_id != self._known[0] or view.version > self._known[1]:
+            self._known = (view.room_id, view.version)
 
     # -- client messages ------------------------------------------------------------------------------
 
@@ -288,6 +309,7 @@ class Membership:
     async def _entered(self, view: RoomView, member: RoomMember) -> None:
         """This session is in ``view`` now: it and every other member get ``room_members``."""
         self.view, self._left = view, None
+        self._learn(view)
         self._send(view.frame())
         await self._scheduler.rooms.broadcast(view, skip=self.actor.id)
         await self._scheduler.store.set_session_room(self.actor.id, view.room_id, msgspec.json.encode(member))
@@ -334,6 +356,7 @@ class Membership:
         store = self._scheduler.store
         try:
             state = await store.leave_room(view.room_id, self.actor.id)
+            self._learn(RoomView.of(state))
             if not for_resume:
                 await store.set_session_room(self.actor.id, "", b"")
             metrics.ROOM_EVENTS.inc("left")
@@ -378,6 +401,7 @@ class Membership:
             self._error("INTERNAL_ERROR", f"raw voice preference not stored: {state.status}")
             return
         self.view = RoomView.of(state)
+        self._learn(self.view)
         self._send(self.view.frame())
         await self._scheduler.rooms.broadcast(self.view, skip=self.actor.id)
 

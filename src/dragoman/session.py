@@ -21,7 +21,7 @@ import msgspec
 from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
-from dragoman.rooms import Membership, RoomEvent, gap_deadline
+from dragoman.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
 from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
 from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
@@ -499,7 +499,7 @@ class SessionActor:
             partial_update_interval_ms=1000,
             **fields,
         )
-        pair, pair2 = job_pairs(src_lang, tgt_lang, s.lang_a, s.lang_b)
+        pair, pair2 = (room_job_pairs if room else job_pairs)(src_lang, tgt_lang, s.lang_a, s.lang_b)
         slot.pair = pair
         if not room:
             self._by_job[slot.job_id] = slot.index

@@ -220,6 +220,7 @@ class RoomReply(_Reply, frozen=True):
     code: str
     members: list[str] = []
     active_ms: int = 0
+    version: int = 0  # counts the room's changes
 
 
 class ReleasedReply(_Reply, frozen=True):
@@ -246,6 +247,7 @@ class RoomState(msgspec.Struct, frozen=True):
     code: str
     members: list[RoomMember]
     active_ms: int = 0
+    version: int = 0
 
 
 # -- what the store hands to the scheduler ------------------------------------------------------------

@@ -473,7 +473,7 @@ class Store:
         k = self.keys
         reply = await self._script(name, [k.room(room), k.room_members(room)], args, RoomReply)
         members = [msgspec.json.decode(m, type=RoomMember) for m in reply.members]
-        return RoomState(reply.status, room, reply.code, members, reply.active_ms)
+        return RoomState(reply.status, room, reply.code, members, reply.active_ms, reply.version)
 
     def _room_keep_ms(self) -> int:
         """A room's keys outlive its idle expiry by two sweeps: the sweep deletes them, the TTL only

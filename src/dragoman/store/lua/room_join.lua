@@ -3,7 +3,7 @@
 -- ARGV[1] now ms   ARGV[2] session id   ARGV[3] member JSON   ARGV[4] the most members a room may have
 -- ARGV[5] ms to keep the room's keys without activity   ARGV[6] '1': a rejoin (a resumed session: a record
 -- it still has is replaced, so its instance is current)
--- Reply {v, status = 'joined'|'not_found'|'already'|'full', code, members}. A join counts as activity.
+-- Reply {v, status = 'joined'|'not_found'|'already'|'full', code, members, version}. A join counts as activity.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return cmsgpack.pack({v = 1, status = 'not_found', code = '', members = {}})
 end
@@ -17,6 +17,8 @@ if not present and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[1], 'active_ms', ARGV[1])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
-return cmsgpack.pack({v = 1, status = 'joined', code = code, members = redis.call('HVALS', KEYS[2])})
+return cmsgpack.pack({v = 1, status = 'joined', code = code, members = redis.call('HVALS', KEYS[2]),
+                      version = version})

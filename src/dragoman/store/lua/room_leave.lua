@@ -1,7 +1,8 @@
 -- room_leave: take a member out of a room; the room is deleted when its last member leaves.
 -- KEYS[1] the room record   KEYS[2] its members
 -- ARGV[1] session id
--- Reply {v, status = 'left'|'deleted'|'not_member'|'not_found', code, members}: the members who remain.
+-- Reply {v, status = 'left'|'deleted'|'not_member'|'not_found', code, members, version}: the members who
+-- remain.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return cmsgpack.pack({v = 1, status = 'not_found', code = '', members = {}})
 end
@@ -13,4 +14,5 @@ if redis.call('HLEN', KEYS[2]) == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   return cmsgpack.pack({v = 1, status = 'deleted', code = code, members = {}})
 end
-return cmsgpack.pack({v = 1, status = 'left', code = code, members = redis.call('HVALS', KEYS[2])})
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+return cmsgpack.pack({v = 1, status = 'left', code = code, members = redis.call('HVALS', KEYS[2]), version = version})
