@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from conftest import Running, StartDragoman, start_dragoman
+from test_resume import serve, wait_healthy
+
+from conftest import Running, StartDragoman, free_port, start_dragoman
 from peers import Frame, LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 LANGS = ("zh", "en", "ja")
@@ -353,3 +356,30 @@ async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[
     finally:
         for peer in (speaker, listener, node, bilingual):
             await peer.close()
+
+
+async def test_members_of_a_killed_instance_leave_their_rooms(store_url: str) -> None:
+    """SIGKILL: no socket close is seen; the instance that takes the dead one over takes its members out."""
+    prefix = f"roomkill-{uuid.uuid4().hex[:8]}"
+    port_a, port_b = free_port(), free_port()
+    a, b = serve(store_url, prefix, port_a), serve(store_url, prefix, port_b)
+    alice = LinguaWebClient(f"ws://127.0.0.1:{port_a}/ws/session")
+    bob = LinguaWebClient(f"ws://127.0.0.1:{port_b}/ws/session")
+    try:
+        await asyncio.gather(wait_healthy(port_a), wait_healthy(port_b))
+        for client, lang in ((alice, "zh"), (bob, "en")):
+            await client.open()
+            await client.init(two_way=False, src_lang=lang)
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        await bob.members(count=2)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        assert [m["session_id"] for m in await bob.members(timeout=15)] == [bob.session_id]
+    finally:
+        await alice.close()
+        await bob.close()
+        for process in (a, b):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(20)

@@ -193,6 +193,12 @@ class Rooms:
             if member.session_id != skip:
                 await self.send_to(member, frame, room)
 
+    async def instance_gone(self, instance: str) -> None:
+        """A dead instance's members are out of their rooms; the others get ``room_members``."""
+        for state in await self.scheduler.store.drop_instance_members(instance):
+            metrics.ROOM_EVENTS.inc("left")
+            await self.broadcast(RoomView.of(state))
+
     async def sweep(self) -> None:
         """Expire rooms idle for ``room_idle_ms``: their members get ``room_expired`` (§13.3)."""
         for state in await self.scheduler.store.expire_rooms():

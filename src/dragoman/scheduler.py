@@ -200,6 +200,7 @@ class Scheduler:
             await self.apply(await self.store.node_gone(node, "*", instance))
         for envelope in await self.store.take_inbox(instance):
             await self.apply([envelope.message], forwarded=True, hops=envelope.hops)
+        await self.rooms.instance_gone(instance)
 
     async def reconcile(self) -> None:
         for repair in await self.store.reconcile():

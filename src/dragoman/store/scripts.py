@@ -39,6 +39,7 @@ OTHER_SCRIPTS = (
     "room_touch",
     "room_expire",
     "room_code_release",
+    "room_drop_instance",
 )
 
 

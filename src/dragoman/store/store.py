@@ -543,6 +543,21 @@ class Store:
                 expired.append(state)
         return expired
 
+    async def drop_instance_members(self, instance: str) -> list[RoomState]:
+        """A dead instance's members leave every room (rare: a takeover; one script per live room). Returns
+        the rooms they left that still have members."""
+        async with self._connection():
+            ids: list[bytes] = await self.client.zrange(self.keys.rooms, 0, -1)  # type: ignore[assignment]
+        left: list[RoomState] = []
+        for raw in ids:
+            room = _s(raw)
+            state = await self._room("room_drop_instance", room, [instance])
+            if state.status in ("deleted", "not_found"):
+                await self._forget_room(room, state.code)
+            elif state.status == "left":
+                left.append(state)
+        return left
+
     async def _forget_room(self, room: str, code: str) -> None:
         """A deleted room leaves the sweep's index and frees its code."""
         k = self.keys
