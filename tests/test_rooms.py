@@ -8,10 +8,12 @@ import re
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from dragoman.store.embedded import EmbeddedStore
 from test_resume import serve, wait_healthy
 
 from conftest import Running, StartDragoman, free_port, start_dragoman
@@ -383,3 +385,25 @@ async def test_members_of_a_killed_instance_leave_their_rooms(store_url: str) ->
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(20)
+
+
+async def test_store_outage_gets_room_error_and_the_socket_stays_usable(tmp_path: Path) -> None:
+    server = EmbeddedStore(tmp_path / "store")
+    d = await start_dragoman(await server.start(), tick_interval_ms=50)
+    alice, bob = [await _client(d.session_url, lang) for lang in ("zh", "en")]
+    try:
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await server.stop()
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        error = await _room_error(bob)
+        assert error["code"] == "INTERNAL_ERROR" and error["message"].startswith("room operation failed")
+        await alice.raw_voice(ack["room_code"], bob.session_id or "", False)
+        assert (await _room_error(alice))["code"] == "INTERNAL_ERROR"
+        assert (await bob.heartbeat())["type"] == "server_heartbeat"
+        await alice.close_session()  # its room cannot be told; the session closes anyway
+        await alice.expect("session_close_ack", timeout=10)
+    finally:
+        await alice.close()
+        await bob.close()
+        await d.stop()
+        await server.stop()
