@@ -24,11 +24,11 @@ JOINED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 
 
 @pytest.fixture
-async def pair(store_url: str) -> AsyncIterator[tuple[Running, Running]]:
-    """Two instances sharing one store (one deployment)."""
+async def pair(any_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
+    """Two instances sharing one store (one deployment): a single server, then a Redis Cluster."""
     prefix = f"rooms-{uuid.uuid4().hex[:8]}"
-    a = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
-    b = await start_dragoman(store_url, prefix=prefix, tick_interval_ms=50)
+    a = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=2)
+    b = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=2)
     yield a, b
     for instance in (a, b):
         await instance.stop()
