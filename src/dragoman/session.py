@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -254,16 +253,10 @@ class SessionActor:
 
     async def _on_message(self, msg: p.Inbound, received: float) -> None:
         if isinstance(msg, p.AudioChunk):
-            payload = b""
-            if msg.payload:
-                try:
-                    payload = base64.b64decode(msg.payload, validate=True)
-                except binascii.Error:
-                    log.warning(
-                        "session %s: undecodable audio_chunk payload (seq %s) treated as empty",
-                        self.id,
-                        msg.seq,
-                    )
+            payload = p.decode_base64(msg.payload) if msg.payload else b""
+            if payload is None:
+                log.warning("session %s: undecodable audio_chunk payload (seq %s) treated as empty", self.id, msg.seq)
+                payload = b""
             now = _mono_ms()
             for cut in self.segmenter.on_chunk(payload, msg.is_final, now, msg.client_timestamp_ms):
                 await self._create_from_cut(cut, received)
@@ -287,10 +280,7 @@ class SessionActor:
         if i < self.next_index or i in self._held:
             await self.send(p.encode(p.Error(code="INVALID_MESSAGE", message=f"utterance_index {i} already used")))
             return
-        try:
-            audio = base64.b64decode(msg.audio, validate=True)
-        except binascii.Error:
-            audio = b""
+        audio = p.decode_base64(msg.audio)
         if not audio:
             await self.send(
                 p.encode(p.Error(code="INTERNAL_ERROR", message="Failed to process message: Audio decode failed"))
@@ -636,7 +626,7 @@ class SessionActor:
             if code == "NO_AVAILABLE_NODE" and not slot.streaming:
                 code, message = (
                     "INTERNAL_ERROR",
-                    f"Failed to process message: no node available for pair {slot.pair}",
+                    f"Failed to process message: no node available for pair {p.excerpt(slot.pair)}",
                 )
             return [p.encode(p.Error(code=code, message=message, details=details))]
         return [self._missing(slot, "gap_timeout")]

@@ -29,7 +29,8 @@ if ARGV[18] ~= 'bound' then
     if tonumber(at) == cell then state = redis.call('HGET', key('job', id), 'state') or 'expired' end
     return reply({status = 'existing', job_id = id, cell = tonumber(at), state = state, actions = {}})
   end
-  if owner ~= '' and not string.find(ARGV[21], 'r', 1, true) then  -- a session's job: indexed so that a resumed session finds what it missed
+  -- a session's own job: indexed so that a resumed session finds what it missed
+  if owner ~= '' and not string.find(ARGV[21], 'r', 1, true) then
     redis.call('ZADD', index_key, tonumber(ARGV[8]), job_id .. '@' .. cell)
     redis.call('PEXPIRE', index_key, BINDING_TTL)
   end
