@@ -16,7 +16,7 @@ import pytest
 from dragoman.store.embedded import EmbeddedStore
 from test_resume import serve, wait_healthy
 
-from conftest import Running, StartDragoman, free_port, start_dragoman
+from conftest import CELLS, Running, StartDragoman, free_port, start_dragoman
 from peers import Frame, LinguaNode, LinguaWebClient, pcm16, voiced_chunk
 
 LANGS = ("zh", "en", "ja")
@@ -27,8 +27,8 @@ JOINED_AT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 async def pair(any_store_url: str) -> AsyncIterator[tuple[Running, Running]]:
     """Two instances sharing one store (one deployment): a single server, then a Redis Cluster."""
     prefix = f"rooms-{uuid.uuid4().hex[:8]}"
-    a = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=2)
-    b = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=2)
+    a = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=max(2, CELLS))
+    b = await start_dragoman(any_store_url, prefix=prefix, tick_interval_ms=50, cells=max(2, CELLS))
     yield a, b
     for instance in (a, b):
         await instance.stop()
