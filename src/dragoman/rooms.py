@@ -168,30 +168,35 @@ class Rooms:
         self.scheduler = scheduler
         metrics.ROOM_MEMBERS.read = lambda: sum(1 for a in scheduler.sessions.values() if a.room.view is not None)
 
-    async def send_to(self, member: RoomMember, frame: bytes, room: str | None = None) -> bool:
-        """A frame for a member: its actor if held here, else its instance's inbox. False when it cannot be
-        reached (its socket is gone)."""
-        actor = self.scheduler.sessions.get(member.session_id)
-        if actor is not None:
-            actor.room.receive(frame, room)
-            return True
-        if not member.instance or member.instance == self.scheduler.instance_id:
-            return False
-        await self.scheduler.store.post(member.instance, RoomFrame(member.session_id, frame.decode(), room))
-        return True
+    async def send(self, members: list[RoomMember], frame: bytes, room: str | None = None) -> int:
+        """A frame for members: each one's actor if held here, else one post to each other instance that holds
+        some of them. Returns how many could be reached (a member whose socket is gone here cannot)."""
+        remote: dict[str, list[str]] = {}
+        reached = 0
+        for member in members:
+            actor = self.scheduler.sessions.get(member.session_id)
+            if actor is not None:
+                actor.room.receive(frame, room)
+                reached += 1
+            elif member.instance and member.instance != self.scheduler.instance_id:
+                remote.setdefault(member.instance, []).append(member.session_id)
+        for instance, sessions in remote.items():
+            await self.scheduler.store.post(instance, RoomFrame(sessions, frame.decode(), room))
+            reached += len(sessions)
+        return reached
 
     def received(self, message: RoomFrame) -> None:
-        """A frame another instance posted for a member held here (dropped if it is gone)."""
-        actor = self.scheduler.sessions.get(message.session)
-        if actor is not None:
-            actor.room.receive(message.frame.encode(), message.room)
+        """A frame another instance posted for members held here (dropped for those that are gone)."""
+        frame = message.frame.encode()
+        for session in message.sessions:
+            actor = self.scheduler.sessions.get(session)
+            if actor is not None:
+                actor.room.receive(frame, message.room)
 
     async def broadcast(self, view: RoomView, skip: str = "") -> None:
         """``room_members`` to every member (but ``skip``), each also learning the room's new state."""
-        frame, room = view.frame(), _encode_view(view).decode()
-        for member in view.members:
-            if member.session_id != skip:
-                await self.send_to(member, frame, room)
+        others = [m for m in view.members if m.session_id != skip]
+        await self.send(others, view.frame(), _encode_view(view).decode())
 
     async def instance_gone(self, instance: str) -> None:
         """A dead instance's members are out of their rooms; the others get ``room_members``."""
@@ -204,11 +209,10 @@ class Rooms:
         for state in await self.scheduler.store.expire_rooms():
             metrics.ROOM_EVENTS.inc("expired")
             frame = p.encode(p.RoomExpired(room_code=state.code, message=EXPIRED_TEXT))
-            for member in state.members:
-                try:
-                    await self.send_to(member, frame, "")
-                except Exception as exc:  # best effort: a member that is not told finds the room gone
-                    log.warning("room %s: room_expired to %s not sent: %s", state.code, member.session_id, exc)
+            try:
+                await self.send(state.members, frame, "")
+            except Exception as exc:  # best effort: a member that is not told finds the room gone
+                log.warning("room %s: room_expired not sent to every member: %s", state.code, exc)
 
 
 class Membership:
@@ -432,7 +436,7 @@ class Membership:
             frame = p.RelayedAnswer(room_code=msg.room_code, to=me, sdp=msg.sdp)
         else:
             frame = p.RelayedIce(room_code=msg.room_code, to=me, candidate=msg.candidate)
-        sent = await self._scheduler.rooms.send_to(target, p.encode(frame))
+        sent = await self._scheduler.rooms.send([target], p.encode(frame))
         metrics.ROOM_EVENTS.inc("relayed" if sent else "relay_offline")
 
     # -- translation fan-out and delivery (§11.1, §12.3) --------------------------------------------
@@ -508,11 +512,10 @@ class Membership:
                 members = audience.members if audience is not None else []
                 listeners = [m for m in members if m.preferred_lang == lang and m.session_id != self.actor.id]
                 for frame in frames:
-                    for member in listeners:
-                        try:
-                            await self._scheduler.rooms.send_to(member, frame)
-                        except Exception as exc:  # the store is down: this listener's copy is lost
-                            self._scheduler.store_failed(exc)
+                    try:
+                        await self._scheduler.rooms.send(listeners, frame)
+                    except Exception as exc:  # the store is down: the copies for other instances are lost
+                        self._scheduler.store_failed(exc)
                 released = True
         self._streams = {lang: st for lang, st in self._streams.items() if st.slots}
         if self.idle():

@@ -75,11 +75,12 @@ class Partial(msgspec.Struct, frozen=True, tag_field="a", tag="partial"):
 
 
 class RoomFrame(msgspec.Struct, frozen=True, tag_field="a", tag="room_frame"):
-    """A frame for a room member held by another instance (room_members, room_expired, a WebRTC relay, a
-    room result). ``room``: the room as this frame leaves it for the member (a ``RoomMember`` list as JSON,
-    with the room's id and code), "" when the member is no longer in a room, None when it does not change."""
+    """A frame for room members held by another instance, one post for all of them (room_members,
+    room_expired, a WebRTC relay, a room result). ``room``: the room as this frame leaves it for the members
+    (its id, code, version and members, as JSON), "" when they are no longer in a room, None when it does not
+    change."""
 
-    session: str
+    sessions: list[str]
     frame: str
     room: str | None = None
 
