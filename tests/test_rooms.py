@@ -69,6 +69,11 @@ async def test_create_join_leave_and_lingua_errors(dragoman: StartDragoman) -> N
         wrong = "100000" if code != "100000" else "100001"
         await c.room_join(wrong, preferred_lang="ja")
         assert await _room_error(c) == {"type": "room_error", "code": "ROOM_NOT_FOUND", "message": "房间不存在"}
+        await c.room_join(code, preferred_lang="ja", display_name="x" * 129)
+        assert (await _room_error(c))["message"] == "display_name is longer than 128 characters"
+        await c.room_join(code, preferred_lang="j" * 33)
+        assert (await _room_error(c))["message"] == "preferred_lang is longer than 32 characters"
+        await a.expect_nothing(0.2, types={"room_members"})
 
         await b.room_leave(code)
         assert [m["session_id"] for m in await a.members()] == [a.session_id]
@@ -407,3 +412,28 @@ async def test_store_outage_gets_room_error_and_the_socket_stays_usable(tmp_path
         await bob.close()
         await d.stop()
         await server.stop()
+
+
+async def test_listeners_of_one_language_on_another_instance_each_get_the_result(
+    pair: tuple[Running, Running],
+) -> None:
+    a, b = pair
+    node = LinguaNode(a.node_url, langs=LANGS)
+    await node.start()
+    speaker = await _client(a.session_url, "zh")
+    listeners = [await _client(b.session_url, "en") for _ in range(2)]  # one post to b carries both copies
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        for listener in listeners:
+            await listener.room_join(ack["room_code"], preferred_lang="en")
+        await speaker.members(count=3)
+        for index in range(3):
+            await speaker.utterance(index, pcm16(200), src_lang="zh", tgt_lang="en")
+        for job in [await node.next_job() for _ in range(3)][::-1]:
+            await node.result(job)
+        for listener in listeners:
+            assert [o["utterance_index"] for o in await listener.outcomes(3)] == [0, 1, 2]
+            await listener.expect_nothing(0.3, types={"translation_result"})
+    finally:
+        for peer in (speaker, *listeners, node):
+            await peer.close()

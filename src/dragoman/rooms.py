@@ -43,6 +43,8 @@ NOT_FOUND_TEXT = "房间不存在"  # the room does not exist
 ALREADY_TEXT = "已在房间中"  # already in a room
 EXPIRED_TEXT = "30分钟无人发言，房间已过期"  # no one spoke for 30 minutes, the room has expired
 CODE_ATTEMPTS = 32  # random codes tried for a new room (900,000 values: a clash is rare until rooms are many)
+MAX_NAME_CHARS = 128  # a member's display_name (every member gets it with every change of the room)
+MAX_LANG_CHARS = 32  # a preferred_lang (a language code)
 
 
 def _mono_ms() -> float:
@@ -286,6 +288,16 @@ class Membership:
                 log.exception("session %s: %s failed", self.actor.id, type(msg).__name__)
             self._error("INTERNAL_ERROR", f"room operation failed: {exc}")
 
+    def _refused_member(self, display_name: str | None, preferred_lang: str | None) -> bool:
+        """Answer a display name or language too long to be kept in the room (True: refused)."""
+        if display_name is not None and len(display_name) > MAX_NAME_CHARS:
+            self._error("INTERNAL_ERROR", f"display_name is longer than {MAX_NAME_CHARS} characters")
+        elif preferred_lang is not None and len(preferred_lang) > MAX_LANG_CHARS:
+            self._error("INTERNAL_ERROR", f"preferred_lang is longer than {MAX_LANG_CHARS} characters")
+        else:
+            return False
+        return True
+
     def _member(self, display_name: str | None, preferred_lang: str | None) -> RoomMember:
         return RoomMember(
             session_id=self.actor.id,
@@ -298,6 +310,8 @@ class Membership:
     async def _create(self, msg: p.RoomCreate) -> None:
         if self.view is not None:
             self._error("ALREADY_IN_ROOM", ALREADY_TEXT)
+            return
+        if self._refused_member(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
         room_id = p.new_uuid()
@@ -337,6 +351,8 @@ class Membership:
             return
         if self.view is not None:
             self._error("ALREADY_IN_ROOM", ALREADY_TEXT)
+            return
+        if self._refused_member(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
         room_id = await store.room_of_code(msg.room_code) if msg.room_code.isdigit() else None
