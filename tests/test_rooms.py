@@ -437,3 +437,67 @@ async def test_listeners_of_one_language_on_another_instance_each_get_the_result
     finally:
         for peer in (speaker, *listeners, node):
             await peer.close()
+
+
+async def test_joining_and_leaving_mid_utterance(dragoman: StartDragoman) -> None:
+    """Recipients are the members of the language at release time: a member who joined while the job ran gets
+    it, one who left does not, and nobody else loses or doubles a result."""
+    d = await dragoman()
+    nodes = [LinguaNode(d.node_url, langs=LANGS, max_concurrent_jobs=8) for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    speaker, early, late, ja = [await _client(d.session_url, lang) for lang in ("zh", "en", "en", "ja")]
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        code = ack["room_code"]
+        for member, lang in ((early, "en"), (ja, "ja")):
+            await member.room_join(code, preferred_lang=lang)
+        await speaker.members(count=3)
+        await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        first = [(n, await n.next_job()) for n in nodes]  # two languages: one job on each node
+        assert {j["tgt_lang"] for _, j in first} == {"en", "ja"}
+        await late.room_join(code, preferred_lang="en")  # joins while utterance 0 is in flight
+        await ja.room_leave(code)  # leaves while its language's job is in flight
+        await speaker.members(count=3)
+        for node, job in first:
+            await node.result(job)
+        for member in (early, late):
+            [result] = await member.outcomes(1)
+            assert (result["utterance_index"], result["text_translated"]) == (0, "en: asr 0")
+        await ja.expect_nothing(0.3, types={"translation_result"})
+
+        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")
+        [(node, job)] = [(n, j) for n in nodes for j in await n.jobs_within(0.3)]  # only en is left
+        assert job["tgt_lang"] == "en" and job["utterance_index"] == 1
+        await early.room_leave(code)
+        await node.result(job)
+        assert [r["utterance_index"] for r in await late.outcomes(1)] == [1]
+        await early.expect_nothing(0.3, types={"translation_result"})
+    finally:
+        for peer in (speaker, early, late, ja, *nodes):
+            await peer.close()
+
+
+async def test_gap_timeout_in_a_room_stream(dragoman: StartDragoman) -> None:
+    d = await dragoman(gap_timeout_ms=800)
+    node = LinguaNode(d.node_url, langs=LANGS)
+    await node.start()
+    speaker, listener = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        await listener.room_join(ack["room_code"], preferred_lang="en")
+        await speaker.members(count=2)
+        for index in range(2):
+            await speaker.utterance(index, pcm16(200), src_lang="zh", tgt_lang="en")
+        stuck, answered = await node.next_job(), await node.next_job()
+        await node.result(answered)
+        gap, result = await listener.outcomes(2, timeout=5)
+        assert (gap["type"], gap["utterance_index"], gap["reason"]) == ("missing_result", 0, "gap_timeout")
+        assert (result["type"], result["utterance_index"]) == ("translation_result", 1)
+        cancel = await node.expect("job_cancel")
+        assert cancel["job_id"] == stuck["job_id"]
+        await node.result(stuck)  # too late: dropped
+        await listener.expect_nothing(0.3, types={"translation_result", "missing_result"})
+    finally:
+        for peer in (speaker, listener, node):
+            await peer.close()

@@ -117,10 +117,11 @@ _decode_view = msgspec.json.Decoder(RoomView).decode
 
 @dataclass(slots=True)
 class RoomEvent:
-    """A frame for this member (on its actor's queue); ``room`` as in ``RoomFrame``."""
+    """A frame for this member (on its actor's queue); ``room`` and ``only_in`` as in ``RoomFrame``."""
 
     frame: bytes
     room: str | None
+    only_in: str = ""
 
 
 @dataclass(slots=True)
@@ -170,20 +171,21 @@ class Rooms:
         self.scheduler = scheduler
         metrics.ROOM_MEMBERS.read = lambda: sum(1 for a in scheduler.sessions.values() if a.room.view is not None)
 
-    async def send(self, members: list[RoomMember], frame: bytes, room: str | None = None) -> int:
+    async def send(self, members: list[RoomMember], frame: bytes, room: str | None = None, only_in: str = "") -> int:
         """A frame for members: each one's actor if held here, else one post to each other instance that holds
-        some of them. Returns how many could be reached (a member whose socket is gone here cannot)."""
+        some of them. Returns how many could be reached (a member whose socket is gone here cannot).
+        ``only_in``: a room id; a member no longer in it when the frame arrives does not get it."""
         remote: dict[str, list[str]] = {}
         reached = 0
         for member in members:
             actor = self.scheduler.sessions.get(member.session_id)
             if actor is not None:
-                actor.room.receive(frame, room)
+                actor.room.receive(frame, room, only_in)
                 reached += 1
             elif member.instance and member.instance != self.scheduler.instance_id:
                 remote.setdefault(member.instance, []).append(member.session_id)
         for instance, sessions in remote.items():
-            await self.scheduler.store.post(instance, RoomFrame(sessions, frame.decode(), room))
+            await self.scheduler.store.post(instance, RoomFrame(sessions, frame.decode(), room, only_in))
             reached += len(sessions)
         return reached
 
@@ -193,7 +195,7 @@ class Rooms:
         for session in message.sessions:
             actor = self.scheduler.sessions.get(session)
             if actor is not None:
-                actor.room.receive(frame, message.room)
+                actor.room.receive(frame, message.room, message.only_in)
 
     async def broadcast(self, view: RoomView, skip: str = "") -> None:
         """``room_members`` to every member (but ``skip``), each also learning the room's new state."""
@@ -244,10 +246,12 @@ class Membership:
 
     # -- frames from the room (any task) --------------------------------------------------------------
 
-    def receive(self, frame: bytes, room: str | None) -> None:
-        self.actor.room_event(RoomEvent(frame, room))
+    def receive(self, frame: bytes, room: str | None, only_in: str = "") -> None:
+        self.actor.room_event(RoomEvent(frame, room, only_in))
 
     def on_event(self, event: RoomEvent) -> None:
+        if event.only_in and (self.view is None or self.view.room_id != event.only_in):
+            return  # a result or relay of a room this member has left
         if event.room == "":
             self.view = None
         elif event.room is not None:
@@ -452,7 +456,7 @@ class Membership:
             frame = p.RelayedAnswer(room_code=msg.room_code, to=me, sdp=msg.sdp)
         else:
             frame = p.RelayedIce(room_code=msg.room_code, to=me, candidate=msg.candidate)
-        sent = await self._scheduler.rooms.send([target], p.encode(frame))
+        sent = await self._scheduler.rooms.send([target], p.encode(frame), only_in=self.view.room_id)
         metrics.ROOM_EVENTS.inc("relayed" if sent else "relay_offline")
 
     # -- translation fan-out and delivery (§11.1, §12.3) --------------------------------------------
@@ -525,14 +529,15 @@ class Membership:
                 self._by_job.pop(slot.job_id, None)
                 stream.head_since = _mono_ms()
                 frames = slot.frames or self.actor._outcome_frames(slot)
-                members = audience.members if audience is not None else []
-                listeners = [m for m in members if m.preferred_lang == lang and m.session_id != self.actor.id]
+                released = True
+                if audience is None:
+                    continue
+                listeners = [m for m in audience.members if m.preferred_lang == lang and m.session_id != self.actor.id]
                 for frame in frames:
                     try:
-                        await self._scheduler.rooms.send(listeners, frame)
+                        await self._scheduler.rooms.send(listeners, frame, only_in=audience.room_id)
                     except Exception as exc:  # the store is down: the copies for other instances are lost
                         self._scheduler.store_failed(exc)
-                released = True
         self._streams = {lang: st for lang, st in self._streams.items() if st.slots}
         if self.idle():
             self._left = None

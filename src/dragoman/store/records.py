@@ -78,11 +78,13 @@ class RoomFrame(msgspec.Struct, frozen=True, tag_field="a", tag="room_frame"):
     """A frame for room members held by another instance, one post for all of them (room_members,
     room_expired, a WebRTC relay, a room result). ``room``: the room as this frame leaves it for the members
     (its id, code, version and members, as JSON), "" when they are no longer in a room, None when it does not
-    change."""
+    change. ``only_in``: a room id; a member no longer in that room when the frame arrives does not get it
+    (a room result, a relay)."""
 
     sessions: list[str]
     frame: str
     room: str | None = None
+    only_in: str = ""
 
 
 Action = Assign | Cancel | Outcome | DropNode  # what scripts return
