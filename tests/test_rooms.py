@@ -501,3 +501,33 @@ async def test_gap_timeout_in_a_room_stream(dragoman: StartDragoman) -> None:
     finally:
         for peer in (speaker, listener, node):
             await peer.close()
+
+
+async def test_failover_of_a_room_job_avoids_the_node_of_its_sibling(dragoman: StartDragoman) -> None:
+    d = await dragoman(tick_interval_ms=50)
+    nodes = [LinguaNode(d.node_url, langs=LANGS) for _ in range(2)]
+    for node in nodes:
+        await node.start()
+    zh, en, ja = [await _client(d.session_url, lang) for lang in LANGS]
+    spare = LinguaNode(d.node_url, langs=LANGS)
+    try:
+        ack, _ = await zh.room_create(preferred_lang="zh")
+        await en.room_join(ack["room_code"], preferred_lang="en")
+        await ja.room_join(ack["room_code"], preferred_lang="ja")
+        await zh.members(count=3)
+        await zh.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        held = {(j := await n.next_job())["tgt_lang"]: (n, j) for n in nodes}
+        lost_node, lost_job = held["en"]
+        await lost_node.close()  # the en job fails over; the ja node must not get it (N5)
+        keeper, ja_job = held["ja"]
+        await keeper.expect_nothing(0.5, types={"job_assign"})
+        await spare.start()
+        moved = await spare.next_job()
+        assert (moved["job_id"], moved["attempt_id"]) == (lost_job["job_id"], 2)
+        await spare.result(moved)
+        await keeper.result(ja_job)
+        assert (await en.outcomes(1))[0]["text_translated"] == "en: asr 0"
+        assert (await ja.outcomes(1))[0]["text_translated"] == "ja: asr 0"
+    finally:
+        for peer in (zh, en, ja, *nodes, spare):
+            await peer.close()
