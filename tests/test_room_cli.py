@@ -1,4 +1,5 @@
-"""``dragoman room create|join`` as real processes, against a real instance and a scripted lingua node."""
+"""The room client: `SessionClient` room methods, and `dragoman room create|join` as real processes, against a real
+instance and a scripted lingua node."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
+
+from dragoman import protocol as p
+from dragoman.client import SessionClient, SessionConfig
 from dragoman.pcm import write_wav
 
 from conftest import StartDragoman
@@ -102,3 +107,52 @@ async def test_joining_no_such_room_is_one_line_and_exit_code_1(dragoman: StartD
     assert proc.returncode == 1
     assert err.decode().strip() == "dragoman room join: room_error ROOM_NOT_FOUND: 房间不存在"
     assert "Traceback" not in out.decode()
+
+
+async def test_session_client_room_methods_and_events(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    host = SessionClient(d.session_url, SessionConfig.one_way("zh", "en"), reconnect=False)
+    guest = SessionClient(d.session_url, SessionConfig.one_way("en", "zh"), reconnect=False)
+    await host.connect()
+    await guest.connect()
+    try:
+        await host.create_room(preferred_lang="zh", display_name="Ann")
+        ack = await host.recv(timeout=5)
+        assert isinstance(ack, p.RoomCreateAck) and host.room_code == ack.room_code
+        assert isinstance(await host.recv(timeout=5), p.RoomMembers)
+        await guest.join_room(ack.room_code, preferred_lang="en")
+        joined = await guest.recv(timeout=5)
+        assert isinstance(joined, p.RoomMembers) and [m.session_id for m in joined.members] == [
+            host.session_id,
+            guest.session_id,
+        ]
+        assert isinstance(await host.recv(timeout=5), p.RoomMembers) and len(host.room_members) == 2
+        await guest.send_webrtc("offer", host.session_id, {"type": "offer", "sdp": "v=0"})
+        offer = await host.recv(timeout=5)
+        assert isinstance(offer, p.RelayedOffer) and offer.to == guest.session_id and offer.sdp["sdp"] == "v=0"
+        await host.set_raw_voice(guest.session_id, False)
+        update = await host.recv(timeout=5)
+        assert isinstance(update, p.RoomMembers)
+        assert host.room_members[0].raw_voice_preferences == {guest.session_id: False}
+        await guest.join_room("123456")
+        refused = await _next(guest, p.RoomError)  # (after the room_members of the preference)
+        assert refused.code == "ALREADY_IN_ROOM"
+        with pytest.raises(ValueError):
+            await guest.send_webrtc("bye", host.session_id, {})
+        await guest.leave_room()
+        assert guest.room_code is None
+        assert [m.session_id for m in (await _next(host, p.RoomMembers)).members] == [host.session_id]
+    finally:
+        await host.close()
+        await guest.close()
+
+
+T = TypeVar("T")
+
+
+async def _next(client: SessionClient, kind: type[T]) -> T:
+    """The next event of that type (others are passed over)."""
+    while True:
+        event = await client.recv(timeout=5)
+        if isinstance(event, kind):
+            return event
