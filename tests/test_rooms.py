@@ -531,3 +531,44 @@ async def test_failover_of_a_room_job_avoids_the_node_of_its_sibling(dragoman: S
     finally:
         for peer in (zh, en, ja, *nodes, spare):
             await peer.close()
+
+
+async def test_speaker_close_delivers_room_results_in_flight_then_acks(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    node = LinguaNode(d.node_url, langs=LANGS)
+    await node.start()
+    speaker, listener = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        await listener.room_join(ack["room_code"], preferred_lang="en")
+        await speaker.members(count=2)
+        await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        job = await node.next_job()
+        await speaker.close_session()  # §5.6: leave the room, then deliver what is outstanding, then ack
+        assert [m["session_id"] for m in await listener.members(count=1)] == [listener.session_id]
+        await speaker.expect_nothing(0.2, types={"session_close_ack"})
+        await node.result(job)
+        assert (await listener.outcomes(1))[0]["utterance_index"] == 0  # the speaker's last words still arrive
+        await speaker.expect("session_close_ack")
+    finally:
+        for peer in (speaker, listener, node):
+            await peer.close()
+
+
+async def test_speaker_socket_closed_cancels_its_room_jobs(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    node = LinguaNode(d.node_url, langs=LANGS)
+    await node.start()
+    speaker, listener = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        await listener.room_join(ack["room_code"], preferred_lang="en")
+        await speaker.members(count=2)
+        await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        job = await node.next_job()
+        await speaker.close()
+        assert (await node.expect("job_cancel"))["job_id"] == job["job_id"]
+        assert [m["session_id"] for m in await listener.members(count=1)] == [listener.session_id]
+    finally:
+        for peer in (speaker, listener, node):
+            await peer.close()
