@@ -15,7 +15,7 @@ from dragoman.store import JobSpec, RoomMember, Store, assigned_node
 
 @pytest.fixture
 async def store(any_store_url: str) -> AsyncIterator[Store]:
-    settings = Settings(key_prefix=f"rs-{uuid.uuid4().hex[:8]}", room_idle_ms=300, room_max_members=2)
+    settings = Settings(key_prefix=f"rs-{uuid.uuid4().hex[:8]}", room_idle_ms=1500, room_max_members=2)
     s = Store(settings, any_store_url)
     await s.open()
     yield s
@@ -64,14 +64,14 @@ async def test_idle_rooms_expire_and_active_ones_are_looked_at_again(store: Stor
         await store.claim_room_code(code, room)
         await store.create_room(room, code, member(f"s-{room}"))
     assert await store.expire_rooms() == []  # not idle yet
-    for _ in range(4):  # "busy" delivers results; "idle" does not
-        await asyncio.sleep(0.1)
+    for _ in range(8):  # "busy" delivers results (well within its idle time); "idle" does not
+        await asyncio.sleep(0.25)
         assert (await store.touch_room("busy")).status == "touched"
     expired = await store.expire_rooms()
     assert [(s.room_id, s.code, [m.session_id for m in s.members]) for s in expired] == [("idle", "200001", ["s-idle"])]
     assert await store.room_of_code("200001") is None and await store.room_of_code("200002") == "busy"
     assert await store.room_counts() == (1, 1)
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.6)
     assert [s.room_id for s in await store.expire_rooms()] == ["busy"]
     assert await store.room_counts() == (0, 0)
 
