@@ -214,7 +214,7 @@ class Rooms:
             metrics.ROOM_EVENTS.inc("expired")
             frame = p.encode(p.RoomExpired(room_code=state.code, message=EXPIRED_TEXT))
             try:
-                await self.send(state.members, frame, "")
+                await self.send(state.members, frame, "", only_in=state.room_id)
             except Exception as exc:  # best effort: a member that is not told finds the room gone
                 log.warning("room %s: room_expired not sent to every member: %s", state.code, exc)
 
@@ -251,7 +251,7 @@ class Membership:
 
     def on_event(self, event: RoomEvent) -> None:
         if event.only_in and (self.view is None or self.view.room_id != event.only_in):
-            return  # a result or relay of a room this member has left
+            return  # a result, relay or expiry of a room this member has left
         if event.room == "":
             self.view = None
         elif event.room is not None:
