@@ -128,3 +128,26 @@ async def test_room_jobs_are_not_kept_for_a_resume(store: Store) -> None:
     await store.create_job(job("ja", guard=False, index=1))
     snapshot = await store.session_snapshot("s-room")
     assert snapshot is not None and [index for index, _, _ in snapshot.jobs] == [0]
+
+
+async def test_a_guarded_job_waiting_in_one_cell_moves_to_a_node_of_another(any_store_url: str) -> None:
+    settings = Settings(key_prefix=f"rs-{uuid.uuid4().hex[:8]}", cells=2)
+    store = Store(settings, any_store_url)
+    await store.open()
+    try:
+        home = store.keys.home_cell("s-room")
+        first_node = next(n for n in (f"n-{i}" for i in range(1000)) if store.keys.node_cell(n) == home)
+        other_node = next(n for n in (f"m-{i}" for i in range(1000)) if store.keys.node_cell(n) != home)
+        await store.register_node(first_node, "c1", "inst", 8, b"{}")
+        await store.heartbeat_node(first_node, "c1", ["zh:en", "zh:ja"], 8, b"{}", drain=8)
+        first = await store.create_job(job("en", guard=True))
+        second = await store.create_job(job("ja", guard=True))
+        assert assigned_node(first.actions, first.job_id) == first_node and second.state == "pending"
+        await store.register_node(other_node, "c2", "inst", 8, b"{}")
+        await store.heartbeat_node(other_node, "c2", ["zh:en", "zh:ja"], 8, b"{}", drain=8)
+        moved = [a for a in await store.tick() if getattr(a, "job_id", None) == second.job_id]
+        assert [getattr(a, "node", None) for a in moved] == [other_node]
+        record = await store.get_job(second.job_id)
+        assert record is not None and record.node == other_node and record.cell != home
+    finally:
+        await store.close()

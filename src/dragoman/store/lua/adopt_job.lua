@@ -14,8 +14,9 @@ local j = {id = ARGV[7], k = KEYS[2], state = 'new', attempt = tonumber(ARGV[8])
            ttl = ARGV[19], seq = '', guard = ARGV[21]}
 local chosen = pick(j)
 if not chosen then return reply({status = 'no_room', actions = {}}) end
-local action = assign(j, chosen, false, {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.pair,
-  'pair2', j.pair2, 'turn', j.turn, 'trace', j.trace, 'owner', j.owner, 'created_ms', j.created_ms,
-  'ttl', j.ttl, 'guard', j.guard, 'data', ARGV[20]})
+local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.pair, 'pair2', j.pair2,
+  'turn', j.turn, 'trace', j.trace, 'owner', j.owner, 'created_ms', j.created_ms, 'ttl', j.ttl, 'data', ARGV[20]}
+if j.guard == '1' then record[#record + 1] = 'guard'; record[#record + 1] = '1' end
+local action = assign(j, chosen, false, record)
 redis.call('PEXPIRE', KEYS[2], BINDING_TTL)
 return reply({status = 'created', actions = {action}})

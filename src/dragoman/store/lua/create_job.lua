@@ -50,7 +50,8 @@ if not chosen and ARGV[19] == '1' then
 end
 local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.pair, 'pair2', j.pair2,
                 'turn', j.turn, 'trace', j.trace, 'owner', owner, 'created_ms', NOW, 'ttl', j.ttl,
-                'guard', j.guard, 'data', ARGV[16]}
+                'data', ARGV[16]}
+if j.guard == '1' then record[#record + 1] = 'guard'; record[#record + 1] = '1' end  -- only room jobs carry it
 local actions = {}
 if chosen then
   actions[1] = assign(j, chosen, false, record)
