@@ -15,7 +15,7 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
-from dragoman.store import Outcome, Partial
+from dragoman.store import DRAIN_LIMIT, Outcome, Partial
 from dragoman.store_errors import store_unavailable
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ RETRYABLE = frozenset(
         "TTS_TIMEOUT",
     }
 )
-DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
 INVALID_NODE_ID = 1008  # WebSocket close code "policy violation": the registration breaks a rule of ours
 
 

@@ -187,6 +187,9 @@ class SessionInit(Inbound, tag="session_init"):
     partial_update_interval_ms: U64 | None = None
     trace_id: str | None = None
     resume_session_id: str | None = None
+    # Extension (with resume_session_id): the client has every outcome up to this utterance_index, so the
+    # resumed session delivers only what follows it (exactly once across an instance crash).
+    resume_delivered_index: I64 | None = None
 
 
 class AudioChunk(Inbound, tag="audio_chunk"):

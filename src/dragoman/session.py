@@ -21,7 +21,7 @@ from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
-from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
+from dragoman.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
 from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
 if TYPE_CHECKING:
@@ -395,7 +395,7 @@ class SessionActor:
             features=s.features,
             padding_ms=PADDING_MS[cut.reason],
             is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
-            is_timeout_triggered=cut.reason is CutReason.TIMEOUT,
+            is_timeout_triggered=cut.reason in PAUSE_CUTS,
             is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
         )
         await self._dispatch_held(force=False)  # an utterance message may be waiting for this index

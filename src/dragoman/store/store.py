@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 INBOX_GROUP = "dragoman"
+DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
 MOVE_LEASE_MS = 5000  # a job moving between cells is the mover's this long; then any tick finishes the move
 
 
@@ -257,7 +258,13 @@ class Store:
             if reply.status == "no_room":
                 reply = await self._spill(spec, home, first)
         if reply.status == "existing":
-            return Created("existing", reply.job_id, reply.cell, reply.state, [])
+            if reply.state not in ("", "expired"):
+                return Created("existing", reply.job_id, reply.cell, reply.state, [])
+            # Bound, but not (yet) in the cell the binding names: another creator is placing it elsewhere.
+            record = await self.get_job(reply.job_id)
+            if record is None:
+                return Created("existing", reply.job_id, reply.cell, "pending", [])
+            return Created("existing", reply.job_id, record.cell, record.state, [])
         assert reply.status == "created"
         return Created("created", reply.job_id, reply.cell, reply.state, reply.actions)
 
@@ -313,7 +320,10 @@ class Store:
         actions: list[Action] = []
         for cell, ids in by_cell.items():
             reply = await self._cell(
-                "cancel_jobs", [k.deadlines(cell), *(k.job(cell, i) for i in ids)], [reason, *ids], ActionsReply
+                "cancel_jobs",
+                [k.deadlines(cell), *(k.job(cell, i) for i in ids)],
+                [reason, DRAIN_LIMIT, *ids],
+                ActionsReply,
             )
             actions += reply.actions
         return actions
