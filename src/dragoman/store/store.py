@@ -474,8 +474,11 @@ class Store:
     async def set_session_room(self, session: str, room: str, member: bytes) -> None:
         """Note in the session's record the room it is in ("" = none) and its member record there, so that a
         resume brings it back into the room."""
-        async with self._connection():
-            await self.client.hset(self.keys.session(session), mapping={"room": room, "member": member})
+        key = self.keys.session(session)
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"room": room, "member": member})
+            pipe.pexpire(key, self.settings.resume_grace_ms)  # never a record without its TTL
+            await pipe.execute()
 
     # -- rooms ------------------------------------------------------------------------------------
 
