@@ -514,7 +514,11 @@ class Store:
 
     async def join_room(self, room: str, member: RoomMember, rejoin: bool = False) -> RoomState:
         args = [now_ms(), member.session_id, msgspec.json.encode(member), self.settings.room_max_members]
-        return await self._room("room_join", room, [*args, self._room_keep_ms(), "1" if rejoin else "0"])
+        state = await self._room("room_join", room, [*args, self._room_keep_ms(), "1" if rejoin else "0"])
+        if state.status == "joined":  # a join is activity: the code lives as long as the room
+            async with self._connection():
+                await self.client.pexpire(self.keys.room_code(state.code), self._room_keep_ms())
+        return state
 
     async def leave_room(self, room: str, session: str) -> RoomState:
         state = await self._room("room_leave", room, [session])
