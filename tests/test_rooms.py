@@ -572,3 +572,28 @@ async def test_speaker_socket_closed_cancels_its_room_jobs(dragoman: StartDragom
     finally:
         for peer in (speaker, listener, node):
             await peer.close()
+
+
+async def test_members_without_a_language_receive_nothing_and_alone_a_speaker_gets_its_own(
+    dragoman: StartDragoman,
+) -> None:
+    d = await dragoman()
+    node = LinguaNode(d.node_url, langs=LANGS)
+    await node.start()
+    speaker, silent = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    try:
+        ack, _ = await speaker.room_create(preferred_lang="zh")
+        await silent.room_join(ack["room_code"])  # no preferred_lang: receives nothing (§11.1)
+        await speaker.members(count=2)
+        await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        await node.expect_nothing(0.4, types={"job_assign"})  # nobody would receive it: no job
+        await silent.room_leave(ack["room_code"])
+        await speaker.members(count=1)
+        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")  # alone: its own job, as outside rooms
+        job = await node.next_job()
+        assert (job["utterance_index"], job["tgt_lang"]) == (1, "en")
+        await node.result(job)
+        assert [o["utterance_index"] for o in await speaker.outcomes(1)] == [1]
+    finally:
+        for peer in (speaker, silent, node):
+            await peer.close()
