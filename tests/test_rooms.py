@@ -597,3 +597,39 @@ async def test_members_without_a_language_receive_nothing_and_alone_a_speaker_ge
     finally:
         for peer in (speaker, silent, node):
             await peer.close()
+
+
+async def test_members_of_a_paused_instance_are_back_in_their_room_when_it_rejoins(store_url: str) -> None:
+    """SIGSTOP past its presence: the taker takes its members out of their rooms; when it runs again and
+    rejoins, they join again and the conversation goes on."""
+    prefix = f"roompause-{uuid.uuid4().hex[:8]}"
+    port_a, port_b = free_port(), free_port()
+    a, b = serve(store_url, prefix, port_a), serve(store_url, prefix, port_b)
+    alice = LinguaWebClient(f"ws://127.0.0.1:{port_a}/ws/session")
+    bob = LinguaWebClient(f"ws://127.0.0.1:{port_b}/ws/session")
+    node = LinguaNode(f"ws://127.0.0.1:{port_b}/ws/node", langs=LANGS)
+    try:
+        await asyncio.gather(wait_healthy(port_a), wait_healthy(port_b))
+        await node.start()
+        for client, lang in ((alice, "zh"), (bob, "en")):
+            await client.open()
+            await client.init(two_way=False, src_lang=lang)
+        ack, _ = await alice.room_create(preferred_lang="zh")
+        await bob.room_join(ack["room_code"], preferred_lang="en")
+        await bob.members(count=2)
+        a.send_signal(signal.SIGSTOP)
+        assert [m["session_id"] for m in await bob.members(timeout=15)] == [bob.session_id]  # taken over
+        a.send_signal(signal.SIGCONT)
+        back = [m["session_id"] for m in await bob.members(timeout=15)]
+        assert back == [alice.session_id, bob.session_id]  # alice joined again, in her place
+        await alice.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
+        await node.result(await node.next_job(timeout=10))
+        assert (await bob.outcomes(1))[0]["session_id"] == alice.session_id
+    finally:
+        for peer in (alice, bob, node):
+            await peer.close()
+        for process in (a, b):
+            process.send_signal(signal.SIGCONT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(20)

@@ -117,7 +117,8 @@ _decode_view = msgspec.json.Decoder(RoomView).decode
 
 @dataclass(slots=True)
 class RoomEvent:
-    """A frame for this member (on its actor's queue); ``room`` and ``only_in`` as in ``RoomFrame``."""
+    """A frame for this member (on its actor's queue); ``room`` and ``only_in`` as in ``RoomFrame``. No
+    frame: this instance was taken over while it was paused, and the member must join its room again."""
 
     frame: bytes
     room: str | None
@@ -202,6 +203,13 @@ class Rooms:
         others = [m for m in view.members if m.session_id != skip]
         await self.send(others, view.frame(), _encode_view(view).decode())
 
+    def rejoin_all(self) -> None:
+        """This instance was taken over (paused past its presence) and is back: the taker took its members
+        out of their rooms, so each joins its room again (in its own actor)."""
+        for actor in list(self.scheduler.sessions.values()):
+            if actor.room.view is not None:
+                actor.room_event(RoomEvent(b"", None))
+
     async def instance_gone(self, instance: str) -> None:
         """A dead instance's members are out of their rooms; the others get ``room_members``."""
         for state in await self.scheduler.store.drop_instance_members(instance):
@@ -249,7 +257,10 @@ class Membership:
     def receive(self, frame: bytes, room: str | None, only_in: str = "") -> None:
         self.actor.room_event(RoomEvent(frame, room, only_in))
 
-    def on_event(self, event: RoomEvent) -> None:
+    async def on_event(self, event: RoomEvent) -> None:
+        if not event.frame:
+            await self._back_in_room()
+            return
         if event.only_in and (self.view is None or self.view.room_id != event.only_in):
             return  # a result, relay or expiry of a room this member has left
         if event.room == "":
@@ -405,11 +416,22 @@ class Membership:
             return
         room_id, raw = self._rejoin
         self._rejoin = None
+        await self._join_again(room_id, msgspec.json.decode(raw, type=RoomMember))
+
+    async def _back_in_room(self) -> None:
+        """This instance was taken over while paused, and its members taken out of their rooms: join again."""
+        view = self.view
+        me = view.member(self.actor.id) if view is not None else None
+        if view is not None and me is not None:
+            self.view = None
+            await self._join_again(view.room_id, me)
+
+    async def _join_again(self, room_id: str, member: RoomMember) -> None:
+        """Join a room this session was in, with its member record (held here now); if the room is gone the
+        session is in no room."""
         store = self._scheduler.store
         try:
-            member = msgspec.structs.replace(
-                msgspec.json.decode(raw, type=RoomMember), instance=self._scheduler.instance_id
-            )
+            member = msgspec.structs.replace(member, instance=self._scheduler.instance_id)
             state = await store.join_room(room_id, member, rejoin=True)
             if state.status == "joined":
                 await self._entered(RoomView.of(state), member)

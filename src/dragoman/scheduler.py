@@ -173,6 +173,7 @@ class Scheduler:
         await self.store.open_inbox(self.instance_id)
         for link in list(self.nodes.values()):
             link.conn.close(1012)
+        self.rooms.rejoin_all()  # the taker took this instance's members out of their rooms
 
     async def _flush_delivered(self) -> None:
         """Record, for a resume, up to which index each session has delivered: batched for all sessions

@@ -211,7 +211,7 @@ class SessionActor:
         elif isinstance(event, _SocketClosed):
             await self._detach()
         elif isinstance(event, RoomEvent):
-            self.room.on_event(event)
+            await self.room.on_event(event)
         await self._release()
 
     def _rearm(self) -> None:
