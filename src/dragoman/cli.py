@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dragoman import bench
 from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
-from dragoman.config import ConfigError, configure_logging, load_settings
+from dragoman.config import ConfigError, Settings, configure_logging, load_settings
 from dragoman.store.embedded import EmbeddedStoreError
 
 
@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
     serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers", type=int, help="instances on this machine sharing the port and the store (default 1)"
+    )
     add_node_parser(commands)
     add_client_parsers(commands)
     bench.add_parser(commands)
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_url": args.redis_url,
                 "data_dir": args.data_dir,
                 "log_level": args.log_level,
+                "workers": args.workers,
             },
             config_file=args.config,
         )
@@ -60,11 +64,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    from dragoman.server import StartupError
+    from dragoman.workers import run_workers
+
+    try:
+        if settings.workers > 1:
+            return run_workers(settings, lambda one: _serve(one, reuse_port=True))
+        return _serve(settings, reuse_port=False)
+    except (StartupError, EmbeddedStoreError, OSError) as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, reuse_port: bool) -> int:
+    """One instance, until it is stopped; its exit code."""
     from dragoman.server import StartupError, serve
 
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, reuse_port))
     except (StartupError, EmbeddedStoreError, OSError) as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 1

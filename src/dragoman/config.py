@@ -39,6 +39,7 @@ class Settings:
     redis_url: str = ""  # empty: start an embedded valkey-server in data_dir
     data_dir: str = "dragoman-data"
     key_prefix: str = "dragoman"
+    workers: int = 1  # serve: instances on this machine sharing the port (SO_REUSEPORT) and the store
     cells: int = 1  # scheduling cells, each its own hash tag (a Redis Cluster spreads them over its masters)
     store_max_connections: int = 64  # pooled store connections; a burst of calls waits for one
     store_pool_timeout_ms: int = 5000  # how long a call waits for a pooled connection
@@ -152,7 +153,7 @@ def load_settings(
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")
-    for name in ("cells", "store_max_connections"):
+    for name in ("workers", "cells", "store_max_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
     check_silent_node_detection(settings)
