@@ -82,6 +82,12 @@ class Settings:
     gap_timeout_ms: int = 30_000
     close_grace_ms: int = 5000
     group_window_ms: int = 2000
+    # Rooms (§13)
+    room_idle_ms: int = 1_800_000  # a room where nobody spoke for this long gets room_expired and is deleted
+    room_check_interval_ms: int = 60_000  # how often idle rooms are looked for
+    room_max_members: int = 16  # a join past this gets room_error ROOM_FULL
+    room_join_failures: int = 5  # failed joins a socket may make per room_join_window_ms (codes are guessable)
+    room_join_window_ms: int = 60_000
     # Store retention
     session_result_ttl_ms: int = 60_000  # a session job's record (and outcome) once resolved
     api_result_ttl_ms: int = 600_000  # an HTTP API job's record (and result) once resolved

@@ -116,6 +116,12 @@ BAD_FRAMES = Counter("dragoman_bad_frames_total", "Frames answered or logged as 
 REFUSED = Counter("dragoman_refused_total", "Sockets and HTTP calls refused by authentication", ("path", "why"))
 LIMITED = Counter("dragoman_limited_total", "Frames dropped or sockets closed by a limit against abuse", ("limit",))
 STORE_ERRORS = Counter("dragoman_store_errors_total", "Store calls that failed")
+ROOM_MEMBERS = Gauge("dragoman_room_members", "Room members whose sessions this instance holds")
+ROOM_EVENTS = Counter(
+    "dragoman_room_events_total",
+    "Room events: created, joined, left, expired, join_failed, join_limited, full, relayed, relay_muted, relay_offline",
+    ("event",),
+)
 DISPATCH_LATENCY = Histogram(
     "dragoman_dispatch_seconds",
     "From the finalizing message to the job_assign frame being written",

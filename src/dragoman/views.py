@@ -103,6 +103,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             if isinstance(efficiencies, dict):
                 detail["service_efficiencies"] = efficiencies
             details.append(detail)
+        rooms, members = await scheduler.store.room_counts()
         body = {
             "web_clients": {
                 "active_users": len(scheduler.sessions),
@@ -123,6 +124,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
                     "node_power_details": details,
                 },
             },
+            "rooms": {"active_rooms": rooms, "room_members": members},  # an extension (§18.1: additive)
         }
         return JSONResponse(body)
 
@@ -184,6 +186,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
                 }
             )
         ready = sum(1 for v in views if v.online and {"asr", "nmt", "tts"} <= v.running_types())
+        rooms, members = await scheduler.store.room_counts()
         return JSONResponse(
             {
                 "instances": instances,
@@ -196,6 +199,8 @@ def routes(scheduler: Scheduler) -> list[Route]:
                 "total_pending": sum(int(i["inbox_pending"]) for i in instances),
                 "total_dlq": 0,
                 "redis_key_prefix": "",
+                "total_rooms": rooms,  # rooms and their members: an extension (§18.1: additive)
+                "total_room_members": members,
                 "nodes": node_rows,
             }
         )
