@@ -260,13 +260,13 @@ async def test_socket_close_leaves_and_resume_rejoins(pair: tuple[Running, Runni
         ack, _ = await alice.room_create(preferred_lang="zh")
         await bob.room_join(ack["room_code"], preferred_lang="en", display_name="Bob")
         await alice.members(count=2)
-        bob_id = bob.session_id
+        bob_id, bob_token = bob.session_id, bob.ack["resume_token"]
         await bob.close()  # no session_close: the web client just closes its socket
         assert [m["session_id"] for m in await alice.members()] == [alice.session_id]
 
         bob = LinguaWebClient(a.session_url)  # back, on the other instance
         await bob.open()
-        await bob.init(two_way=False, src_lang="en", resume_session_id=bob_id)
+        await bob.init(two_way=False, src_lang="en", resume_session_id=bob_id, resume_token=bob_token)
         assert bob.session_id == bob_id
         back = await bob.members(count=2)
         assert next(m for m in back if m["session_id"] == bob_id)["display_name"] == "Bob"
