@@ -13,9 +13,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from dragoman import http_api, metrics, views
+from dragoman import http_api, metrics, ops, views
 from dragoman import protocol as p
 from dragoman.connection import Connection
+from dragoman.fleet import Fleet
 from dragoman.nodes import NodeLink
 from dragoman.scheduler import Scheduler
 from dragoman.session import SessionActor
@@ -56,6 +57,7 @@ async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIt
 def create_app(scheduler: Scheduler) -> Starlette:
     limit = scheduler.settings.max_message_bytes
     settings = scheduler.settings
+    fleet = Fleet(scheduler)
 
     def connection(websocket: WebSocket, name: str) -> Connection:
         return Connection(websocket, name, max_unsent_bytes=settings.max_unsent_bytes)
@@ -135,16 +137,13 @@ def create_app(scheduler: Scheduler) -> Starlette:
             return PlainTextResponse("OK")
         return PlainTextResponse("store unavailable", status_code=503)
 
-    async def metrics_text(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
-
     routes = [
         WebSocketRoute("/ws/session", session_socket),
         WebSocketRoute("/ws/node", node_socket),
         Route("/health", health),
-        Route("/metrics", metrics_text),
+        *ops.routes(scheduler, fleet),
         *http_api.routes(scheduler),
-        *views.routes(scheduler),
+        *views.routes(scheduler, fleet),
     ]
     return Starlette(routes=routes)
 

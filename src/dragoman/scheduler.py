@@ -40,6 +40,7 @@ from dragoman.store import (
     Store,
 )
 from dragoman.store_errors import store_unavailable
+from dragoman.traces import TraceRecorder
 
 if TYPE_CHECKING:
     from dragoman.nodes import NodeLink
@@ -64,6 +65,7 @@ class Scheduler:
         self._stopping = False
         self.store_healthy = True
         self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
+        self.traces = TraceRecorder(store)
         metrics.SESSIONS.read = lambda: len(self.sessions)
         metrics.NODES.read = lambda: len(self.nodes)
 
@@ -93,6 +95,7 @@ class Scheduler:
             link.conn.close(1001)
         for actor in list(self.sessions.values()):
             actor.conn.close(1001)
+        await self.traces.stop()
         with contextlib.suppress(Exception):
             await self.store.leave(self.instance_id)
 
@@ -334,7 +337,7 @@ class Scheduler:
         if self._to_node(action.node, p.assign_frame(action.frame.encode(), action.attempt)):
             metrics.JOBS_DISPATCHED.inc()
             if action.attempt > 1:
-                metrics.FAILOVERS.inc()
+                metrics.failed_over(action.job_id, action.node, action.attempt)
             await self.notify(action.session, action.owner, action.job_id, "DISPATCHED")
             return
         if await self._post(action.instance, action, forwarded):
@@ -362,7 +365,8 @@ class Scheduler:
             if owner and owner != self.instance_id:
                 await self.store.post(owner, outcome, hops + 1)
                 return
-        metrics.JOBS_RESOLVED.inc(outcome.state)  # nobody to deliver to: it stays in the store
+        # nobody to deliver to: it stays in the store (an HTTP API job, or a session gone)
+        metrics.job_resolved(outcome.state, outcome.created_ms, outcome.dispatched_ms, int(time.time() * 1000))
 
     async def _consume_inbox(self) -> None:
         """Carry out what other instances posted here; acknowledged once carried out (an entry that cannot

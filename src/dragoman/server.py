@@ -143,6 +143,8 @@ async def serve(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's lines go through Dragoman's handler (dragoman.logs): one format
+            access_log=settings.access_log,
             lifespan="off",
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
             **uvicorn_options(settings),

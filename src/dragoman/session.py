@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dragoman import metrics
+from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
@@ -172,6 +172,7 @@ class SessionActor:
     # -- the actor ----------------------------------------------------------------------------------
 
     async def _run(self, new: bool) -> None:
+        logs.bind(session_id=self.id, trace_id=self.trace_id)  # on every line this session's task logs
         if new:
             try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
                 init = msgspec.json.encode(self.init)
@@ -393,6 +394,7 @@ class SessionActor:
             is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
             is_timeout_triggered=cut.reason is CutReason.TIMEOUT,
             is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
+            cut=(cut.reason.value, cut.duration_ms),
         )
         await self._dispatch_held(force=False)  # an utterance message may be waiting for this index
 
@@ -414,6 +416,7 @@ class SessionActor:
             dialect=msg.dialect or self.init.dialect,
             features=msg.features or self.init.features,
             is_manual_cut=True,  # each utterance is a whole turn: without it the node would hold the audio (§11.2)
+            cut=("utterance", None),
         )
 
     async def _create(
@@ -427,9 +430,11 @@ class SessionActor:
         turn: str,
         streaming: bool,
         client_ts: int | None,
+        cut: tuple[str, int | None],
         **fields: Any,
     ) -> None:
-        """Create the job of one utterance slot (``fields``: the job_assign fields of its path, §11.2)."""
+        """Create the job of one utterance slot (``fields``: the job_assign fields of its path, §11.2;
+        ``cut``: why the utterance ended and its audio length, for its trace)."""
         s = self.init
         job_id = p.new_job_id()
         assign = p.JobAssign(
@@ -484,11 +489,13 @@ class SessionActor:
             slot.job_id = created.job_id
             self._by_job[slot.job_id] = slot.index
         slot.cell = created.cell
+        finalized_ms = now_ms() - int(_mono_ms() - received)
+        self.scheduler.traces.cut(self.id, index, slot.job_id, slot.cell, finalized_ms, *cut)
         node = assigned_node(created.actions, created.job_id)
         if node is not None:
             self._session_node = node
             self._turn_node = (turn, node)
-        metrics.DISPATCH_LATENCY.observe((_mono_ms() - received) / 1000)
+        metrics.dispatched((_mono_ms() - received) / 1000)
 
     def _preferred_nodes(self, turn: str) -> tuple[str, ...]:
         """The nodes a new job should go to if they can take it: the turn's (the parts of one long
@@ -575,6 +582,7 @@ class SessionActor:
             self._head_since = _mono_ms()
             for frame in slot.frames or self._outcome_frames(slot):
                 await self.send(frame)
+            self.scheduler.traces.delivered(slot.job_id, slot.cell, index)
             self.delivered = index
             self.scheduler.delivered_dirty.add(self.id)
         if self._closing_until is not None and not self.slots and not self._closed:
@@ -583,7 +591,7 @@ class SessionActor:
     def _outcome_frames(self, slot: Slot) -> list[bytes]:
         outcome = slot.outcome
         assert outcome is not None
-        metrics.JOBS_RESOLVED.inc(outcome.state)
+        metrics.job_resolved(outcome.state, outcome.created_ms, outcome.dispatched_ms, now_ms())
         if outcome.state == "completed":
             return [self._translation_result(slot, outcome)]
         if outcome.state == "empty":

@@ -38,6 +38,23 @@ local function split(s)
   return t
 end
 
+-- Record a step of the job in its trace (`job:<id>:trace`, a list capped at TRACE_MAX msgpack entries, kept
+-- as long as the job's record). `fields` = {e = event, ...}; a `why` that is a node's raw job_result is
+-- shortened to its error code.
+local TRACE_MAX = 64
+local function trace(j, fields)
+  local tk = j.k .. ':trace'
+  fields.t = NOW
+  if fields.why and string.sub(fields.why, 1, 1) == '{' then
+    local ok, result = pcall(cjson.decode, fields.why)
+    fields.why = ok and type(result) == 'table' and type(result.error) == 'table' and result.error.code or nil
+  end
+  redis.call('RPUSH', tk, cmsgpack.pack(fields))
+  redis.call('LTRIM', tk, -TRACE_MAX, -1)
+  local ttl = redis.call('PTTL', j.k)
+  redis.call('PEXPIRE', tk, ttl > 0 and ttl or BINDING_TTL)
+end
+
 local function reply(fields)
   fields.v = VERSION
   return cmsgpack.pack(fields)
@@ -186,6 +203,7 @@ local function assign(j, chosen, with_frame, extra)
   redis.call('ZADD', key('grp', chosen.grp), 'XX', 'INCR', u, node)
   j.attempt, j.node, j.nodes, j.state, j.nunit, j.ngrp = attempt, node, nodes, 'dispatched', u, chosen.grp
   j.dispatched_ms = NOW
+  trace(j, {e = 'assigned', node = node, attempt = attempt, instance = chosen.instance})
   return assign_action(j, chosen.instance, with_frame)
 end
 
@@ -220,6 +238,7 @@ local function resolve(j, state, detail, echo, resolved_by)
   redis.call('ZREM', DEADLINES, j.id)
   if j.state == 'pending' then unwait(j) end
   j.state = state
+  trace(j, {e = 'outcome', state = state, why = detail})
   return outcome_action(j, state, echo and detail or nil)
 end
 
@@ -234,12 +253,14 @@ local function make_pending(j)
   redis.call('SADD', WAITING, j.pair)
   redis.call('ZADD', DEADLINES, NOW + PENDING_TIMEOUT, j.id)
   j.state, j.node = 'pending', ''
+  trace(j, {e = 'waiting', pair = j.pair})
 end
 
 -- The current attempt ended without a usable result: the next attempt on another node, if the
 -- attempts allow and a node is usable. Otherwise, with `wait` and attempts left, the job waits for a
 -- node (pending); else it resolves with the outcome given by the caller.
 local function failover(j, state, detail, actions, wait)
+  trace(j, {e = 'failover', node = j.node, attempt = j.attempt, why = detail})
   if j.attempt >= MAX_ATTEMPTS then
     actions[#actions + 1] = resolve(j, state, detail, true)
     return

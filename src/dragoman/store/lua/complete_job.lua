@@ -27,6 +27,7 @@ if j.attempt ~= attempt then return reply({verdict = 'stale', actions = {}}) end
 local actions = {}
 release(j)
 redis.call('HSET', j.k, 'result_of', by)
+trace(j, {e = 'result', node = node, attempt = attempt, kind = kind})
 local grp = j.ngrp
 if kind == 'retry' then
   local block_ms = tonumber(ARGV[12])

@@ -47,6 +47,7 @@ local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.
                 'turn', j.turn, 'trace', j.trace, 'owner', owner, 'created_ms', NOW, 'ttl', j.ttl,
                 'data', ARGV[16]}
 local actions = {}
+trace(j, {e = 'created', pair = j.pair, session = j.session, index = tonumber(j.index), trace = j.trace})
 if chosen then
   actions[1] = assign(j, chosen, false, record)
 else
