@@ -123,6 +123,7 @@ SCRIPT_LATENCY = Histogram(
 RECENT_RESULTS: deque[tuple[float, str, float]] = deque(maxlen=20_000)  # (unix s, outcome, finalize->result s)
 RECENT_DISPATCHES: deque[tuple[float, float]] = deque(maxlen=20_000)  # (unix s, finalize->job_assign s)
 RECENT_FAILOVERS: deque[dict[str, object]] = deque(maxlen=50)
+RECENT_JOBS: deque[dict[str, object]] = deque(maxlen=50)
 
 
 def dispatched(seconds: float) -> None:
@@ -131,11 +132,14 @@ def dispatched(seconds: float) -> None:
     RECENT_DISPATCHES.append((time.time(), seconds))
 
 
-def job_resolved(state: str, created_ms: int, dispatched_ms: int | None, now_ms: int) -> None:
-    """A job's outcome reached its end here: counted, with its latencies."""
+def job_resolved(job_id: str, state: str, created_ms: int, dispatched_ms: int | None) -> None:
+    """A job's outcome reached its end here (delivered, or nobody to deliver to): counted, with its latencies."""
+    now_ms = int(time.time() * 1000)
+    seconds = max(0.0, (now_ms - created_ms) / 1000)
     JOBS_RESOLVED.inc(state)
-    RESULT_LATENCY.observe((now_ms - created_ms) / 1000, state)
-    RECENT_RESULTS.append((now_ms / 1000, state, max(0.0, (now_ms - created_ms) / 1000)))
+    RESULT_LATENCY.observe(seconds, state)
+    RECENT_RESULTS.append((now_ms / 1000, state, seconds))
+    RECENT_JOBS.append({"t": now_ms, "job_id": job_id, "state": state, "seconds": round(seconds, 3)})
     if dispatched_ms is not None:
         NODE_WAIT.observe((dispatched_ms - created_ms) / 1000)
 

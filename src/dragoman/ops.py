@@ -26,6 +26,7 @@ from dragoman.traces import timeline
 log = logging.getLogger(__name__)
 
 UPDATE_INTERVAL_S = 0.5  # the dashboard's updates: two a second
+STREAM_MAX_S = 60  # an event stream ends after this (the browser reconnects at once): no response lasts forever
 NODES_PER_PAGE = 50  # the dashboard lists nodes a page at a time; the rest is counted
 PAIRS_SHOWN = 100
 CHART_WINDOW_S = 300  # the charts show the last five minutes
@@ -141,6 +142,7 @@ def dashboard_state(scheduler: Scheduler, snap: Snapshot, page: int, node_filter
         "charts": chart_series(now),
         "errors": list(RECENT_ERRORS.lines)[-20:][::-1],
         "failovers": list(metrics.RECENT_FAILOVERS)[-20:][::-1],
+        "jobs": list(metrics.RECENT_JOBS)[-20:][::-1],
     }
 
 
@@ -177,8 +179,10 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
         node_filter = request.query_params.get("node", "")[:100]
 
         async def stream() -> AsyncIterator[str]:
-            yield "retry: 2000\n\n"
-            while True:
+            yield "retry: 500\n\n"
+            for _ in range(int(STREAM_MAX_S / UPDATE_INTERVAL_S)):
+                if getattr(request.app.state, "shutting_down", False):
+                    return
                 try:
                     state = dashboard_state(scheduler, await fleet.snapshot(), page, node_filter)
                 except Exception as exc:

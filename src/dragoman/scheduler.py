@@ -366,7 +366,7 @@ class Scheduler:
                 await self.store.post(owner, outcome, hops + 1)
                 return
         # nobody to deliver to: it stays in the store (an HTTP API job, or a session gone)
-        metrics.job_resolved(outcome.state, outcome.created_ms, outcome.dispatched_ms, int(time.time() * 1000))
+        metrics.job_resolved(outcome.job_id, outcome.state, outcome.created_ms, outcome.dispatched_ms)
 
     async def _consume_inbox(self) -> None:
         """Carry out what other instances posted here; acknowledged once carried out (an entry that cannot

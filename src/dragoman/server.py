@@ -138,8 +138,9 @@ async def serve(settings: Settings) -> None:
         store = await _open_store(settings, url)
         scheduler = Scheduler(settings, store)
         await scheduler.start()
+        app = create_app(scheduler)
         config = uvicorn.Config(
-            create_app(scheduler),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
@@ -153,6 +154,7 @@ async def serve(settings: Settings) -> None:
 
         def shut_down() -> None:
             server.should_exit = True
+            app.state.shutting_down = True  # long-lived responses (the dashboard's events) end
             if supervisor is not None:
                 supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
 

@@ -591,7 +591,7 @@ class SessionActor:
     def _outcome_frames(self, slot: Slot) -> list[bytes]:
         outcome = slot.outcome
         assert outcome is not None
-        metrics.job_resolved(outcome.state, outcome.created_ms, outcome.dispatched_ms, now_ms())
+        metrics.job_resolved(outcome.job_id, outcome.state, outcome.created_ms, outcome.dispatched_ms)
         if outcome.state == "completed":
             return [self._translation_result(slot, outcome)]
         if outcome.state == "empty":

@@ -359,7 +359,8 @@ class Store:
                 pipe.lrange(self.keys.job_trace(cell, job_id), 0, -1)
             lists: list[list[bytes]] = await pipe.execute()
         entries = [_trace_entry(raw) for rows in lists for raw in rows]
-        return sorted((e for e in entries if e), key=lambda e: float(e.get("t", 0)))
+        # The cut comes first whatever its clock says (it is stamped by the instance, to the millisecond).
+        return sorted((e for e in entries if e), key=lambda e: (e.get("e") != "cut", float(e.get("t", 0))))
 
     async def session_trace(self, session: str) -> list[dict[str, Any]]:
         """The session's cuts, oldest first (at most ``SESSION_TRACE_MAX``)."""
