@@ -1,8 +1,8 @@
 """The whole deployment as the store holds it: nodes, instances and language pairs, read at most once a
 second however many scrapes, views and dashboards ask (``Fleet.snapshot``).
 
-Its collector exports the fleet-wide gauges of ``/metrics`` from the last snapshot, so every instance
-shows the same deployment.
+Its registry holds the fleet-wide gauges of ``/metrics``, from the last snapshot, so every instance shows
+the same deployment.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dragoman import metrics
 from dragoman.langs import node_pairs
 from dragoman.store import NodeRecord
 
@@ -158,6 +158,12 @@ class Fleet:
         self.scheduler = scheduler
         self.last: Snapshot | None = None
         self._lock = asyncio.Lock()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(FleetCollector(self))
+
+    def render(self) -> bytes:
+        """The fleet-wide gauges of the last snapshot, in the text exposition format."""
+        return generate_latest(self.registry)
 
     async def snapshot(self, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> Snapshot:
         """The last snapshot if younger than ``max_age_s``, else a new one (0: always a new one)."""
@@ -203,13 +209,13 @@ class Fleet:
 
 
 class FleetCollector(Collector):
-    """The fleet-wide gauges, from the last snapshot (``/metrics`` refreshes it before rendering)."""
+    """The fleet-wide gauges, from the fleet's last snapshot (``/metrics`` refreshes it before rendering)."""
 
-    def __init__(self) -> None:
-        self.fleet: Fleet | None = None
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        snap = self.fleet.last if self.fleet is not None else None
+        snap = self.fleet.last
         nodes = GaugeMetricFamily(
             "dragoman_fleet_nodes", "Registered nodes of the deployment, by status", labels=["status"]
         )
@@ -242,7 +248,3 @@ class FleetCollector(Collector):
             backlog.add_metric([inst.instance_id], inst.inbox_length)
             up.add_metric([inst.instance_id], 1 if inst.online else 0)
         yield from (nodes, capacity, inflight, waiting, eligible, free, sessions, inst_nodes, backlog, up)
-
-
-COLLECTOR = FleetCollector()
-metrics.REGISTRY.register(COLLECTOR)

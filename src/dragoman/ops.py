@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from dragoman import __version__, metrics
-from dragoman.fleet import COLLECTOR, Fleet, Snapshot
+from dragoman.fleet import Fleet, Snapshot
 from dragoman.http_api import store_guarded
 from dragoman.scheduler import Scheduler
 from dragoman.store_errors import store_unavailable
@@ -147,17 +147,17 @@ def dashboard_state(scheduler: Scheduler, snap: Snapshot, page: int, node_filter
 
 
 def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
-    COLLECTOR.fleet = fleet
     store = scheduler.store
 
     async def metrics_text(request: Request) -> Response:
         try:
-            await fleet.snapshot()
+            await fleet.snapshot(0)
         except Exception as exc:  # this instance's own figures are still worth scraping
             if not store_unavailable(exc):
                 raise
             scheduler.store_failed(exc)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body = metrics.render() + fleet.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def index(request: Request) -> Response:
         return HTMLResponse(INDEX_PAGE.format(version=__version__, instance=scheduler.instance_id))
