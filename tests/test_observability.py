@@ -103,7 +103,9 @@ async def test_cluster_view_shows_languages_readiness_and_key_prefix(dragoman: S
         view = (await http.get("/api/v1/cluster")).json()
         assert view["redis_key_prefix"] == d.settings.key_prefix
         [row] = [n for n in view["nodes"] if n["node_id"] == node_id]
-        assert row["languages"]["asr"] == ["zh", "en", "ja"] and row["instance"] == d.scheduler.instance_id
+        assert row["language_capabilities"]["asr_languages"] == ["zh", "en", "ja"]
+        assert row["language_capabilities"]["semantic_languages"] == ["zh", "en", "ja"]
+        assert row["instance"] == d.scheduler.instance_id
         reported = {c["type"].capitalize(): c["ready"] for c in node.capability_by_type()}
         assert row["online"] and {c["service_type"]: c["ready"] for c in row["capabilities"]} == reported
         assert any(reported.values())

@@ -132,7 +132,7 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
                 "online": v.online,
                 "status": v.status,
                 "instance": v.instance,
-                "languages": v.languages,
+                "language_capabilities": {f"{kind}_languages": langs for kind, langs in v.languages.items()},
                 "cpu_usage": _float(v.usage.get("cpu_percent")),
                 "gpu_usage": v.usage.get("gpu_percent"),
                 "memory_usage": _float(v.usage.get("mem_percent")),
