@@ -29,6 +29,7 @@ class TraceRecorder:
         self._sessions: list[tuple[str, dict[str, Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.dropped = 0
+        self.flushes = 0  # pipelined store calls made (one round trip each)
 
     def cut(
         self, session: str, index: int, job_id: str, cell: int, at_ms: int, reason: str, audio_ms: int | None
@@ -63,6 +64,7 @@ class TraceRecorder:
         if not jobs and not sessions:
             return
         try:
+            self.flushes += 1
             await self.store.add_traces(jobs, sessions)
         except Exception as exc:  # best effort: a trace never fails an utterance
             self.dropped += len(jobs)

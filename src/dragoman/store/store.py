@@ -336,20 +336,21 @@ class Store:
         self, jobs: list[tuple[str, int, dict[str, Any]]], sessions: list[tuple[str, dict[str, Any]]]
     ) -> None:
         """Append steps recorded outside the scripts (cut, delivered) to job traces (job id, cell, entry) and
-        session traces, in one pipelined call; each list capped like the scripts' (``TRACE_MAX``)."""
+        session traces, in one pipelined call: one RPUSH, LTRIM and PEXPIRE per list, each list capped like
+        the scripts' (``TRACE_MAX``)."""
         k = self.keys
+        lists: dict[str, tuple[list[bytes], int, bool]] = {}  # key -> (entries, cap, ttl only if it has none)
+        for job_id, cell, entry in jobs:
+            lists.setdefault(k.job_trace(cell, job_id), ([], TRACE_MAX, True))[0].append(msgspec.msgpack.encode(entry))
+        for session, entry in sessions:
+            key = k.session_trace(session)
+            lists.setdefault(key, ([], SESSION_TRACE_MAX, False))[0].append(msgspec.msgpack.encode(entry))
         ttl = self.settings.binding_ttl_ms  # the longest a job's record lives; a job's list has its own already
         async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            for job_id, cell, entry in jobs:
-                key = k.job_trace(cell, job_id)
-                pipe.rpush(key, msgspec.msgpack.encode(entry))
-                pipe.ltrim(key, -TRACE_MAX, -1)
-                pipe.pexpire(key, ttl, nx=True)
-            for session, entry in sessions:
-                key = k.session_trace(session)
-                pipe.rpush(key, msgspec.msgpack.encode(entry))
-                pipe.ltrim(key, -SESSION_TRACE_MAX, -1)
-                pipe.pexpire(key, ttl)
+            for key, (entries, cap, keep_ttl) in lists.items():
+                pipe.rpush(key, *entries)
+                pipe.ltrim(key, -cap, -1)
+                pipe.pexpire(key, ttl, nx=keep_ttl)
             await pipe.execute()
 
     async def job_trace(self, job_id: str) -> list[dict[str, Any]]:

@@ -39,9 +39,10 @@ local function split(s)
 end
 
 -- Record a step of the job in its trace (`job:<id>:trace`, a list capped at TRACE_MAX msgpack entries, kept
--- as long as the job's record). `fields` = {e = event, ...}; a `why` that is a node's raw job_result is
--- shortened to its error code.
+-- as long as the job's record: the binding ttl while it runs, its own ttl once resolved). `fields` =
+-- {e = event, ...}; a `why` that is a node's raw job_result is shortened to its error code.
 local TRACE_MAX = 64
+local RESOLVED = {completed = true, empty = true, failed = true, timed_out = true}
 local function trace(j, fields)
   local tk = j.k .. ':trace'
   fields.t = NOW
@@ -49,10 +50,13 @@ local function trace(j, fields)
     local ok, result = pcall(cjson.decode, fields.why)
     fields.why = ok and type(result) == 'table' and type(result.error) == 'table' and result.error.code or nil
   end
-  redis.call('RPUSH', tk, cmsgpack.pack(fields))
-  redis.call('LTRIM', tk, -TRACE_MAX, -1)
-  local ttl = redis.call('PTTL', j.k)
-  redis.call('PEXPIRE', tk, ttl > 0 and ttl or BINDING_TTL)
+  local length = redis.call('RPUSH', tk, cmsgpack.pack(fields))
+  if length > TRACE_MAX then redis.call('LTRIM', tk, -TRACE_MAX, -1) end
+  if RESOLVED[j.state] then  -- the record's ttl changes once, when it resolves; the list's follows it
+    redis.call('PEXPIRE', tk, tonumber(j.ttl))
+  elseif length == 1 then
+    redis.call('PEXPIRE', tk, BINDING_TTL)
+  end
 end
 
 local function reply(fields)
