@@ -97,11 +97,24 @@ async def test_unknown_job_and_session_have_no_trace(dragoman: StartDragoman) ->
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
-async def test_trace_is_capped(dragoman: StartDragoman) -> None:
-    d = await dragoman()
-    cell = 0
-    steps = [("job-capped", cell, {"e": "delivered", "t": i}) for i in range(200)]
-    await d.store.add_traces(steps, [])
-    assert len(await d.store.job_trace("job-capped")) == 64
-    ttl = await d.store.client.pttl(d.store.keys.job_trace(cell, "job-capped"))
+async def test_trace_is_capped_and_expires_with_its_job(dragoman: StartDragoman) -> None:
+    d = await dragoman(pending_timeout_ms=60_000, failover_max_attempts=50)
+    async with httpx.AsyncClient(base_url=d.http) as http:  # no node: the job waits, and fails over
+        created = await http.post("/api/v1/jobs", json={"src_lang": "zh", "tgt_lang": "en", "audio": "AAAA"})
+    job_id = created.json()["job_id"]
+    for _ in range(40):  # nodes come and go: the job is offered and loses its node again and again
+        async with LinguaNode(d.node_url) as node:
+            await node.start()
+            await node.next_job()
+        if len(await d.store.job_trace(job_id)) >= 64:
+            break
+    steps = await d.store.job_trace(job_id)
+    assert len(steps) == 64 and steps[0]["e"] != "created"  # the oldest steps made room
+    ttl = await d.store.client.pttl(d.store.keys.job_trace(0, job_id))
     assert 0 < ttl <= d.settings.binding_ttl_ms
+
+
+async def test_steps_of_a_job_that_is_gone_leave_nothing_behind(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    await d.store.add_traces([("job-gone", 0, {"e": "delivered", "t": 1})], [])
+    assert not await d.store.client.exists(d.store.keys.job_trace(0, "job-gone"))

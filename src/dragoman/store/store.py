@@ -336,21 +336,23 @@ class Store:
         self, jobs: list[tuple[str, int, dict[str, Any]]], sessions: list[tuple[str, dict[str, Any]]]
     ) -> None:
         """Append steps recorded outside the scripts (cut, delivered) to job traces (job id, cell, entry) and
-        session traces, in one pipelined call: one RPUSH, LTRIM and PEXPIRE per list, each list capped like
-        the scripts' (``TRACE_MAX``)."""
+        session traces, in one pipelined call. A job's list exists already (its scripts made it, with the
+        job's ttl): ``RPUSHX`` adds to it, one command per list, and adds nothing to a job that is gone, so
+        no list is left without a ttl; these two steps at most pass the scripts' cap of ``TRACE_MAX``."""
         k = self.keys
-        lists: dict[str, tuple[list[bytes], int, bool]] = {}  # key -> (entries, cap, ttl only if it has none)
+        job_lists: dict[str, list[bytes]] = {}
         for job_id, cell, entry in jobs:
-            lists.setdefault(k.job_trace(cell, job_id), ([], TRACE_MAX, True))[0].append(msgspec.msgpack.encode(entry))
+            job_lists.setdefault(k.job_trace(cell, job_id), []).append(msgspec.msgpack.encode(entry))
+        session_lists: dict[str, list[bytes]] = {}
         for session, entry in sessions:
-            key = k.session_trace(session)
-            lists.setdefault(key, ([], SESSION_TRACE_MAX, False))[0].append(msgspec.msgpack.encode(entry))
-        ttl = self.settings.binding_ttl_ms  # the longest a job's record lives; a job's list has its own already
+            session_lists.setdefault(k.session_trace(session), []).append(msgspec.msgpack.encode(entry))
         async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            for key, (entries, cap, keep_ttl) in lists.items():
+            for key, entries in job_lists.items():
+                pipe.rpushx(key, *entries)  # type: ignore[arg-type]
+            for key, entries in session_lists.items():
                 pipe.rpush(key, *entries)
-                pipe.ltrim(key, -cap, -1)
-                pipe.pexpire(key, ttl, nx=keep_ttl)
+                pipe.ltrim(key, -SESSION_TRACE_MAX, -1)
+                pipe.pexpire(key, self.settings.binding_ttl_ms)  # as long as its jobs' records can live
             await pipe.execute()
 
     async def job_trace(self, job_id: str) -> list[dict[str, Any]]:

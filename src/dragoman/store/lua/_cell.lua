@@ -242,7 +242,8 @@ local function resolve(j, state, detail, echo, resolved_by)
   redis.call('ZREM', DEADLINES, j.id)
   if j.state == 'pending' then unwait(j) end
   j.state = state
-  trace(j, {e = 'outcome', state = state, why = detail})
+  -- why: Dragoman's code, or a failed result's error code (a completed result says nothing more)
+  trace(j, {e = 'outcome', state = state, why = (state == 'failed' or state == 'timed_out') and detail or nil})
   return outcome_action(j, state, echo and detail or nil)
 end
 
