@@ -489,7 +489,7 @@ class SessionActor:
             slot.job_id = created.job_id
             self._by_job[slot.job_id] = slot.index
         slot.cell = created.cell
-        finalized_ms = now_ms() - int(_mono_ms() - received)
+        finalized_ms = now_ms() - round(_mono_ms() - received)
         self.scheduler.traces.cut(self.id, index, slot.job_id, slot.cell, finalized_ms, *cut)
         node = assigned_node(created.actions, created.job_id)
         if node is not None:

@@ -155,7 +155,7 @@ function connect() {
 }
 
 function traceRows(steps) {
-  const first = steps.length ? steps[0].t : 0;
+  const first = Math.min(...steps.map((s) => s.t));  // the cut is stamped by the instance, to the millisecond
   const table = el("table");
   const head = el("tr");
   for (const h of ["+ms", "step", "details"]) head.append(el("th", h));
