@@ -7,6 +7,7 @@ Each Dragoman started here gets its own key prefix, so tests share one store wit
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,8 +95,14 @@ class Running:
 StartDragoman = Callable[..., Awaitable[Running]]
 
 
+# The number of scheduling cells of the instances the tests start: CI runs the suite with one cell, then
+# with several (DRAGOMAN_CELLS=4), so that every behaviour holds either way.
+CELLS = int(os.environ.get("DRAGOMAN_CELLS", "1"))
+
+
 async def start_dragoman(store_url: str, prefix: str | None = None, **overrides: Any) -> Running:
-    settings = Settings(key_prefix=prefix or f"t-{uuid.uuid4().hex[:10]}", log_level="warning").replace(**overrides)
+    settings = Settings(key_prefix=prefix or f"t-{uuid.uuid4().hex[:10]}", log_level="warning", cells=CELLS)
+    settings = settings.replace(**overrides)
     store = Store(settings, store_url)
     await store.open()
     scheduler = Scheduler(settings, store)

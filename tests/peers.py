@@ -63,10 +63,17 @@ def plan_a(packets: Iterable[bytes]) -> bytes:
     return bytes(out)
 
 
+#: First range-coded byte of a fake packet: with the SILK voice-activity flag set on a voiced frame, or clear
+#: (what ``dragoman.voice`` reads, for ``endpointing = "voice"``).
+_VOICED_SILK_HEADER, _SILENT_SILK_HEADER = 0xB0, 0x00
+
+
 def _packet(size: int, seed: int) -> bytes:
-    """One deterministic fake Opus packet of ``size`` bytes, starting with a 20 ms TOC byte."""
-    body = bytes((seed * 31 + j * 7 + 1) & 0xFF for j in range(size - 1))
-    return bytes([OPUS_TOC_WB_20MS]) + body
+    """One deterministic fake Opus packet of ``size`` bytes, starting with a 20 ms TOC byte; voiced if longer than
+    the silence limit."""
+    header = _VOICED_SILK_HEADER if size > SILENCE_PACKET_MAX_BYTES else _SILENT_SILK_HEADER
+    body = bytes((seed * 31 + j * 7 + 1) & 0xFF for j in range(1, size - 1))
+    return bytes([OPUS_TOC_WB_20MS]) + bytes([header])[: size - 1] + body
 
 
 def voiced_chunk(packets: int = 13, size: int = 70) -> bytes:

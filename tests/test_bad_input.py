@@ -6,12 +6,22 @@ type and a binary frame get nothing; on /ws/node nothing is ever sent back. The 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+
+from dragoman import protocol as p
+from dragoman.agent.engines import EngineError, decode_audio
+from dragoman.client.http import JobOutput
+from dragoman.client.output import TtsWriter, outcome_json
+from dragoman.client.tracker import TrackedOutcome
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, now_ms, pcm16, voiced_chunk
@@ -81,7 +91,7 @@ async def _round_trip(client: LinguaWebClient, node: LinguaNode, index: int) -> 
             id="init-missing-key",
         ),
         pytest.param(
-            '{"type": "utterance", "session_id": "{sid}", "utterance_index": -1, "manual_cut": true,'
+            '{"type": "utterance", "session_id": "{sid}", "utterance_index": 0, "manual_cut": true,'
             ' "src_lang": "zh", "tgt_lang": "en", "audio": "AAAA", "audio_format": "pcm16", "sample_rate": "16000"}',
             "sample_rate",
             id="utterance-wrong-type",
@@ -264,6 +274,7 @@ async def test_undecodable_audio_chunk_payload_is_treated_as_empty(dragoman: Sta
         await client.chunk(first)
         await client.chunk("%%% not base64 %%%")
         await client.chunk("QUJ")  # bad padding
+        await client.chunk("AAAé")  # non-ASCII (issue 9: this once got INTERNAL_ERROR)
         await client.chunk(last, is_final=True)
         job = await node.next_job()
         assert base64.b64decode(job["audio"]) == first + last  # the bad payloads added nothing
@@ -286,7 +297,11 @@ async def test_undecodable_final_payload_still_cuts(dragoman: StartDragoman) -> 
         await client.expect_nothing(0.2, types={"error"})
 
 
-@pytest.mark.parametrize("audio", ["%%%not-base64%%%", "QUJ", ""], ids=["garbage", "bad-padding", "empty"])
+@pytest.mark.parametrize(
+    "audio",
+    ["%%%not-base64%%%", "QUJ", "", "AAAé", "ＡＡＡＡ"],
+    ids=["garbage", "bad-padding", "empty", "non-ascii", "wide"],
+)
 async def test_utterance_with_bad_audio_gets_audio_decode_failed(dragoman: StartDragoman, audio: str) -> None:
     d = await dragoman()
     async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
@@ -560,6 +575,9 @@ async def test_http_post_invalid_json_is_400(dragoman: StartDragoman) -> None:
         ),
         pytest.param(_job(audio="%%%"), "audio", id="bad-base64"),
         pytest.param(_job(audio="QUJ"), "audio", id="bad-padding"),
+        pytest.param(_job(audio="AAAé"), "audio", id="non-ascii-base64"),
+        pytest.param(_job(sample_rate=-16000), "sample_rate", id="negative-rate"),
+        pytest.param(_job(sample_rate=2**32), "sample_rate", id="rate-beyond-u32"),
         pytest.param(_job(audio=""), "audio", id="empty-audio"),
         pytest.param(_job(audio_format="wav"), "audio_format", id="unknown-format"),
         pytest.param(_job(audio_format="OPUS"), "audio_format", id="wrongly-cased-format"),
@@ -631,3 +649,254 @@ async def test_http_get_with_short_wait_answers_promptly(dragoman: StartDragoman
         job_id = await _pending_job(http)
         resp = await http.get(f"/api/v1/jobs/{job_id}", params={"wait": wait})
         assert resp.status_code == 200 and resp.json()["status"] == "pending"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input that once broke an instance (issue 9, items 7-11)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR]
+
+
+async def _close_of(peer: LinguaNode) -> tuple[int, str]:
+    """Read until the server closes the socket; its close code and reason."""
+    assert peer.ws is not None
+    with pytest.raises(ConnectionClosed) as info:
+        for _ in range(10):
+            await asyncio.wait_for(peer.ws.recv(), 5)
+    assert info.value.rcvd is not None, "closed without a close frame"
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@pytest.mark.parametrize(
+    "node_id",
+    ["node 1", "node\t1", "node-1\n", "x" * 129, "nöde", "a/b"],
+    ids=["space", "tab", "newline", "long", "non-ascii", "slash"],
+)
+async def test_invalid_node_id_is_refused_with_a_close_that_says_why(
+    dragoman: StartDragoman, node_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = await dragoman()
+    async with LinguaNode(d.node_url, node_id=node_id) as bad:
+        await bad.send(bad.register_frame())
+        code, reason = await _close_of(bad)  # no ack: node sockets get no error frames (§2.3)
+    assert code == 1008 and reason.startswith("invalid node_id: ") and "128" in reason
+    [refusal] = [r.getMessage() for r in caplog.records if "node_register refused" in r.getMessage()]
+    assert repr(node_id[:200]) in refusal and len(refusal) < 400
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await _ready(node)  # other nodes are not affected
+        await client.init(two_way=False)
+        await _round_trip(client, node, 0)
+
+
+async def test_frames_after_a_refused_registration_count_for_nothing(
+    dragoman: StartDragoman, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dragoman")
+    d = await dragoman()
+    async with LinguaNode(d.node_url, node_id="node-A") as first:
+        await _ready(first)
+        await first.send({**first.register_frame(), "node_id": "node A"})  # refused: the socket closes
+        for _ in range(5):  # already on their way: they must not register node-A again
+            await first.send(first.register_frame())
+            await first.heartbeat()
+        code, _ = await _close_of(first)
+        assert code == 1008
+    registered = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node node-A registered")]
+    assert registered == ["node node-A registered (capacity 4)"], registered
+    async with LinguaNode(d.node_url, node_id="node-A") as second, LinguaWebClient(d.session_url) as client:
+        await _ready(second)
+        await client.init(two_way=False)
+        await _round_trip(client, second, 0)
+
+
+async def test_node_id_with_every_allowed_character_gets_its_results_accepted(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    node_id = "Az09._:-" + "n" * 120  # 128 characters
+    async with LinguaNode(d.node_url, node_id=node_id) as node, LinguaWebClient(d.session_url) as client:
+        assert await _ready(node) == node_id
+        await client.init(two_way=False)
+        await _round_trip(client, node, 0)  # the result is not dropped as stale
+
+
+@pytest.mark.parametrize("depth", [1_000, 50_000])
+async def test_deeply_nested_client_frames_get_invalid_message(dragoman: StartDragoman, depth: int) -> None:
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await _ready(node)
+        await client.init(two_way=False)
+        sid = client.session_id
+        frames = [
+            f'{{"type":"client_heartbeat","session_id":"{sid}","timestamp":1,"x":{_nested(depth)}}}',  # skipped key
+            f'{{"type":"audio_chunk","session_id":"{sid}","seq":0,"is_final":false,"payload":{_nested(depth)}}}',
+            f'{{"type":"session_init","client_version":"v","platform":"p","src_lang":"zh","tgt_lang":"en",'
+            f'"features":{_nested(depth)}}}',
+        ]
+        for raw in frames:
+            await client.send_raw(raw)
+            error = await _error(client)  # the socket is not closed (§2.3)
+            assert error["code"] == "INVALID_MESSAGE" and error["message"].startswith(INVALID)
+            await _heartbeat_is_next(client)
+        await _round_trip(client, node, 0)
+
+
+async def test_deeply_nested_node_frames_are_logged_once_without_a_traceback(
+    dragoman: StartDragoman, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        node_id = await _ready(node)
+        await client.init(two_way=False)
+        deep = _nested(1_000)
+        frames = [
+            f'{{"type":"node_error","node_id":"{node_id}","code":"X","message":"m","details":{deep}}}',
+            json.dumps(node.register_frame())[:-1] + f',"hardware":{deep}}}',
+            json.dumps(node.heartbeat_frame())[:-1] + f',"resource_usage":{deep}}}',
+            f'{{"type":"job_ack","x":{deep}}}',
+        ]
+        caplog.clear()
+        for raw in frames:
+            await node.send_raw(raw)
+        await node.expect_nothing(0.3)
+        assert not _tracebacks(caplog)
+        ignored = [r.getMessage() for r in caplog.records if "invalid message ignored" in r.getMessage()]
+        assert len(ignored) == len(frames)
+        await _round_trip(client, node, 0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"src_lang":"zh","tgt_lang":"en","audio":"AAAA","x":$}',
+        '{"src_lang":"zh","tgt_lang":"en","audio":"AAAA","pipeline":$}',
+        "$",
+    ],
+    ids=["unknown-key", "struct-field", "top-level"],
+)
+async def test_deeply_nested_http_body_is_a_client_error(dragoman: StartDragoman, body: str) -> None:
+    d = await dragoman()
+    async with httpx.AsyncClient(base_url=d.http, timeout=5) as http:
+        content = body.replace("$", _nested(1_000)).encode()
+        resp = await http.post("/api/v1/jobs", content=content, headers={"content-type": "application/json"})
+        assert resp.status_code in (400, 422), resp.text
+        _problem(resp, resp.status_code)
+        assert (await http.post("/api/v1/jobs", json=_job())).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail_has"),
+    [
+        pytest.param({"utterance_index": -1}, "utterance_index", id="negative-index"),
+        pytest.param({"utterance_index": 2**64}, "utterance_index", id="index-beyond-u64"),
+        pytest.param({"utterance_index": 10**30}, "utterance_index", id="huge-index"),
+        pytest.param({"sample_rate": -1}, "sample_rate", id="negative-rate"),
+        pytest.param({"sample_rate": 2**32}, "sample_rate", id="rate-beyond-u32"),
+    ],
+)
+async def test_out_of_range_utterance_ints_get_invalid_message(
+    dragoman: StartDragoman, fields: dict[str, Any], detail_has: str
+) -> None:
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await _ready(node)
+        await client.init(two_way=False)
+        await client.utterance(0, pcm16(100), **fields)
+        error = await _error(client)
+        assert error["code"] == "INVALID_MESSAGE" and detail_has in error["message"]
+        await node.expect_nothing(0.2, types={"job_assign"})
+        await client.utterance(0, pcm16(100))  # the index was not used
+        job = await node.next_job()
+        assert job["utterance_index"] == 0
+
+
+async def test_out_of_range_ints_on_both_sockets_are_refused(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await _ready(node)
+        await client.init(two_way=False)
+        for bad in ({"seq": -1}, {"seq": 2**64}, {"client_timestamp_ms": 2**63}):
+            await client.chunk(voiced_chunk(), **bad)
+            assert (await _error(client))["code"] == "INVALID_MESSAGE"
+        beat = {"type": "client_heartbeat", "session_id": client.session_id, "timestamp": -(2**63) - 1}
+        await client.send(beat)
+        assert (await _error(client))["code"] == "INVALID_MESSAGE"
+        await client.utterance(0, pcm16(100))
+        job = await node.next_job()
+        for bad in ({"attempt_id": 2**32 + job["attempt_id"]}, {"attempt_id": -1}, {"utterance_index": -1}):
+            await node.result({**job, **bad}, text_asr="FORGED")  # dropped at decoding: no outcome
+        await client.expect_nothing(0.3, types=OUTCOMES)
+        await node.result(job, text_asr="real")
+        [outcome] = await client.outcomes(1)
+        assert outcome["type"] == "translation_result" and outcome["text_asr"] == "real"
+
+
+async def test_huge_input_is_logged_and_answered_as_an_excerpt(
+    dragoman: StartDragoman, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dragoman")
+    d = await dragoman()
+    huge = "H" * 2_000_000
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        node_id = await _ready(node)
+        await client.init(two_way=False)
+        await client.send({"type": huge, "session_id": client.session_id})  # unknown type: quoted in the reply
+        error = await _error(client)
+        assert error["code"] == "INVALID_MESSAGE" and "HHHH" in error["message"] and len(error["message"]) < 500
+        await client.send({"type": "ui_event", "pad": huge})  # wrong direction: logged
+        await _heartbeat_is_next(client)
+        caplog.clear()
+        await node.send({"type": huge})
+        await node.send({"type": "node_error", "node_id": node_id, "code": huge, "message": huge, "details": [huge]})
+        await node.heartbeat(node_id=huge)
+        await node.send({**node.heartbeat_frame(), "timestamp": huge})
+        await client.utterance(0, pcm16(100))
+        job = await node.next_job()
+        await node.result({**job, "job_id": huge})  # an unknown job: "dropped" is logged
+        await node.result(job)
+        await client.outcomes(1)
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("dragoman")]
+        assert len(lines) >= 5, lines
+        assert max(len(line) for line in lines) < 1_000, [line[:300] for line in lines]
+
+
+@pytest.mark.parametrize("tts_audio", ["AAAé", "ＡＡＡＡ", "QUJ", "%%%%"])
+def test_tools_take_non_ascii_base64_from_the_wire_as_invalid(tmp_path: Path, tts_audio: str) -> None:
+    """The client saves a result's undecodable ``tts_audio`` as sent, its JSON output counts 0 bytes, and the HTTP
+    client's result has no audio; the node agent fails the job with PROCESSING_ERROR (non-ASCII once raised)."""
+    result = p.TranslationResult(
+        session_id="s-1",
+        utterance_index=0,
+        job_id="job-1",
+        text_asr="a",
+        text_translated="b",
+        tts_audio=tts_audio,
+        tts_format="opus",
+        trace_id="t",
+        scheduler_sent_at_ms=1,
+    )
+    saved = TtsWriter(tmp_path).save(0, result)
+    assert saved is not None and saved.note and saved.path.read_bytes() == tts_audio.encode()
+    tracked = TrackedOutcome(index=0, message=result)
+    assert outcome_json(tracked, None)["tts_bytes"] == 0
+    assert JobOutput(text_asr="a", text_translated="b", tts_audio=tts_audio).tts_bytes() == b""
+    job = p.JobAssign(
+        attempt_id=1,
+        job_id="job-1",
+        session_id="s-1",
+        utterance_index=0,
+        src_lang="zh",
+        tgt_lang="en",
+        pipeline=p.DEFAULT_PIPELINE,
+        audio=tts_audio,
+        audio_format="pcm16",
+        sample_rate=16000,
+        trace_id="t",
+    )
+    with pytest.raises(EngineError) as info:
+        decode_audio(job)
+    assert info.value.code == "PROCESSING_ERROR"

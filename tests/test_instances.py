@@ -99,3 +99,30 @@ async def test_three_instances_session_node_and_api_each_on_another(any_store_ur
     finally:
         for instance in (a, b, c):
             await instance.stop()
+
+
+async def test_an_undecodable_inbox_entry_is_skipped_and_the_inbox_goes_on(
+    pair: tuple[Running, Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = pair
+    inbox = a.store.keys.inbox(a.scheduler.instance_id)
+    # Garbage, an entry of another version, and one without the envelope field, written by "another instance".
+    await a.store.client.xadd(inbox, {"e": b"\xc1 not msgpack"})
+    await a.store.client.xadd(inbox, {"e": b"\x82\xa1v\x09\xa7message\x80"})
+    await a.store.client.xadd(inbox, {"k": b"outcome", "m": b"old format"})
+    async with LinguaNode(b.node_url) as node, LinguaWebClient(a.session_url) as client:
+        await node.start()
+        await client.init(two_way=False)
+        await client.utterance(0, pcm16(100))
+        await node.result(await node.next_job(), text_translated="still delivered")
+        [outcome] = await client.outcomes(1)  # through a's inbox, after the bad entries
+        assert outcome["text_translated"] == "still delivered"
+    for _ in range(50):
+        length, pending = await a.store.inbox_stats(a.scheduler.instance_id)
+        if length == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (length, pending) == (0, 0)  # every entry acknowledged and deleted, the bad ones too
+    skipped = [r for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert len(skipped) == 3
+    assert not [r for r in caplog.records if r.exc_info is not None]

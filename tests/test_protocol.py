@@ -744,3 +744,166 @@ def test_decoded_job_result_helpers_agree_with_the_frame() -> None:
         _raw(_job_result(text_asr="", text_translated="", tts_audio="", extra={"reason": "NO_TEXT_ASSIGNED"}))
     )
     assert isinstance(empty, p.JobResult) and empty.is_empty
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad input: nesting, integer ranges, base64, node ids, excerpts (issue 9, items 7-11)
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize(
+    ("decode", "template", "detail"),
+    [
+        pytest.param(
+            p.decode_client, '{"type":"client_heartbeat","session_id":"s","timestamp":1,"x":$}', p.TOO_DEEP, id="skip"
+        ),
+        pytest.param(
+            p.decode_node,
+            '{"type":"node_error","node_id":"n","code":"c","message":"m","details":$}',
+            p.TOO_DEEP,
+            id="any",
+        ),
+        # msgspec may see the wrong type before it nests too deep: either answer is a clear one
+        pytest.param(p.decode_client, '{"type":"client_heartbeat","session_id":$,"timestamp":1}', "", id="wrong-type"),
+        pytest.param(p.decode_node, '{"type":$}', "", id="tag"),
+    ],
+)
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error(
+    decode: Any, template: str, detail: str, depth: int
+) -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        decode(template.replace("$", _nested(depth)))
+    assert detail in info.value.detail and not info.value.wrong_direction
+
+
+def test_decode_json_reports_deep_nesting_as_a_decode_error() -> None:
+    decoder = msgspec.json.Decoder()
+    assert p.decode_json(decoder, _nested(50)) == eval(_nested(50))  # a literal of lists
+    with pytest.raises(msgspec.DecodeError, match=p.TOO_DEEP):
+        p.decode_json(decoder, _nested(5_000))
+
+
+def test_wrong_direction_check_survives_deep_nesting() -> None:
+    # The type is known but of the wrong direction; reading it alone (the second decode) nests too deep.
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_client('{"type":"job_assign","job_id":1,"x":' + _nested(5_000) + "}")
+    assert "job_assign" in info.value.detail and not info.value.wrong_direction
+
+
+_UTTERANCE = {
+    "type": "utterance",
+    "session_id": "s-1",
+    "utterance_index": 0,
+    "manual_cut": True,
+    "src_lang": "zh",
+    "tgt_lang": "en",
+    "audio": "AAAA",
+    "audio_format": "pcm16",
+    "sample_rate": 16000,
+}
+_CHUNK = {"type": "audio_chunk", "session_id": "s-1", "seq": 0, "is_final": False}
+U32_MAX, I64_MIN, I64_MAX = 2**32 - 1, -(2**63), 2**63 - 1
+
+# (frame, field, smallest accepted, largest accepted): §1.5 ranges (u64 stops at the int64 maximum).
+_RANGED: list[tuple[Any, dict[str, Any], str, int, int]] = [
+    (p.decode_client, _UTTERANCE, "utterance_index", 0, I64_MAX),
+    (p.decode_client, _UTTERANCE, "sample_rate", 0, U32_MAX),
+    (p.decode_client, _CHUNK, "seq", 0, I64_MAX),
+    (p.decode_client, {**_CHUNK, "client_timestamp_ms": 0}, "client_timestamp_ms", I64_MIN, I64_MAX),
+    (p.decode_client, {"type": "client_heartbeat", "session_id": "s"}, "timestamp", I64_MIN, I64_MAX),
+    (p.decode_client, {"type": "tts_started", "session_id": "s", "group_id": "g"}, "ts_start_ms", 0, I64_MAX),
+    (p.decode_client, {"type": "tts_play_ended", "session_id": "s", "group_id": "g"}, "ts_end_ms", 0, I64_MAX),
+    (p.decode_client, WEB_INIT, "partial_update_interval_ms", 0, I64_MAX),
+    (p.decode_node, _job_result(), "attempt_id", 0, U32_MAX),
+    (p.decode_node, _job_result(), "utterance_index", 0, I64_MAX),
+    (p.decode_node, _job_result(), "processing_time_ms", 0, I64_MAX),
+    (p.decode_node, _job_result(), "part_index", 0, I64_MAX),
+    (p.decode_node, _job_result(), "rerun_count", 0, U32_MAX),
+    (p.decode_node, _job_result(), "node_completed_at_ms", I64_MIN, I64_MAX),
+    (
+        p.decode_node,
+        {"type": "job_ack", "job_id": "j", "node_id": "n", "session_id": "s", "trace_id": "t"},
+        "attempt_id",
+        0,
+        U32_MAX,
+    ),
+    (p.decode_node, _node().register_frame(), "max_concurrent_jobs", 0, U32_MAX),
+    (p.decode_node, _node().heartbeat_frame(), "timestamp", I64_MIN, I64_MAX),
+    (p.decode_node, _node().heartbeat_frame(), "max_concurrent_jobs", 0, U32_MAX),
+]
+
+
+@pytest.mark.parametrize(
+    ("decode", "frame", "field", "low", "high"), _RANGED, ids=[f"{f['type']}.{k}" for _, f, k, _, _ in _RANGED]
+)
+def test_int_fields_accept_their_range_and_reject_the_rest(
+    decode: Any, frame: dict[str, Any], field: str, low: int, high: int
+) -> None:
+    for value in (low, high):
+        assert getattr(decode(_raw({**frame, field: value})), field) == value
+    for value in (low - 1, high + 1, 2**64, -(2**64), 10**400):
+        with pytest.raises(p.ProtocolError) as info:
+            decode(_raw({**frame, field: value}))
+        assert f"$.{field}" in info.value.detail and not info.value.wrong_direction
+
+
+@pytest.mark.parametrize(
+    ("text", "decoded"),
+    [
+        ("AAAA", b"\0\0\0"),
+        ("", b""),
+        ("QUJ", None),  # bad padding: binascii.Error
+        ("%%%%", None),  # outside the alphabet
+        ("AAAé", None),  # non-ASCII: a plain ValueError
+        ("ＡＡＡＡ", None),  # full-width letters
+        ("AA\nAA", None),
+    ],
+)
+def test_decode_base64_is_strict_and_never_raises(text: str, decoded: bytes | None) -> None:
+    assert p.decode_base64(text) == decoded
+
+
+@pytest.mark.parametrize(
+    ("node_id", "valid"),
+    [
+        ("node-3F09A1C2", True),
+        ("gpu-box_1.lab:0", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("", False),
+        ("node 1", False),
+        ("node\t1", False),
+        ("node-1\n", False),
+        ("nöde", False),
+        ("node/1", False),
+    ],
+)
+def test_valid_node_id(node_id: str, valid: bool) -> None:
+    assert p.valid_node_id(node_id) is valid
+    assert p.valid_node_id(p.new_node_id())
+
+
+def test_excerpt_cuts_long_input_and_says_how_much() -> None:
+    assert p.excerpt("short") == "short"
+    assert p.excerpt("x" * p.EXCERPT_CHARS) == "x" * p.EXCERPT_CHARS
+    cut = p.excerpt("y" * 8_000_000)
+    assert cut.startswith("y" * p.EXCERPT_CHARS) and cut.endswith("... (7999800 more characters)")
+    assert p.excerpt({"k": "v" * 1000}, 20) == "{'k': 'vvvvvvvvvvvvv... (989 more characters)"
+    assert p.excerpt(None) == "None"
+
+
+def test_protocol_error_detail_quoting_input_is_cut() -> None:
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode_node(_raw({"type": "t" * 1_000_000}))
+    assert len(info.value.detail) < p.EXCERPT_CHARS + 40
+
+
+def test_excerpt_of_a_value_too_deep_to_repr_says_so() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert p.excerpt(deep) == "(list nested too deeply to show)"

@@ -1,7 +1,10 @@
-"""Unit tests of dragoman.segmenter.Segmenter: lingua's finalize rules (PROTOCOL.md §4.5, §10), times in ms."""
+"""Unit tests of dragoman.segmenter.Segmenter under ``endpointing = "lingua"``: lingua's finalize rules
+(PROTOCOL.md §4.5, §10), times in ms. The voice rules are in test_endpointing.py."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from typing import Any
 
 import pytest
@@ -14,11 +17,11 @@ from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
 from peers import plan_a, silence_chunk, voiced_chunk
 
 PAUSE = 3000
-S = Settings()
+S = Settings(endpointing="lingua")
 
 
 def seg(**overrides: Any) -> Segmenter:
-    return Segmenter(Settings(**overrides))
+    return Segmenter(S.replace(**overrides))
 
 
 def one(cuts: list[Cut]) -> Cut:
@@ -116,6 +119,7 @@ def test_padding_per_reason() -> None:
     assert PADDING_MS == {
         CutReason.IS_FINAL: 280,
         CutReason.TIMEOUT: 220,
+        CutReason.ENDPOINT: 220,
         CutReason.MAX_DURATION: 220,
         CutReason.MAX_LENGTH: 0,
         CutReason.SESSION_CLOSE: 220,
@@ -460,3 +464,68 @@ def test_no_chunk_is_lost_between_utterances() -> None:
     out += s.flush()
     assert b"".join(c.audio for c in out) == bytes(sent)
     assert {c.reason for c in out} >= {CutReason.TIMEOUT, CutReason.IS_FINAL, CutReason.MAX_DURATION}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The lingua rules are today's, exactly
+
+
+def _random_session(s: Segmenter, seed: int, final_share: float) -> list[tuple[object, ...]]:
+    """A long random session of chunks (voiced, near-silence, odd records, empty), finals, timer wake-ups and
+    TTS events; what was cut, in a comparable form (turns numbered in order of appearance, audio hashed)."""
+    rnd = random.Random(seed)
+    out: list[tuple[object, ...]] = []
+    turns: dict[str, int] = {}
+    now = 0.0
+
+    def record(step: object, cuts: list[Cut]) -> None:
+        for c in cuts:
+            turn = turns.setdefault(c.turn_id, len(turns))
+            digest = hashlib.sha256(c.audio).hexdigest()[:12]
+            out.append((step, c.reason.value, c.duration_ms, c.client_timestamp_ms, turn, digest))
+
+    for step in range(400):
+        now += rnd.choice([1, 50, 256, 256, 256, 400]) if rnd.random() < 0.8 else rnd.uniform(500, 4000)
+        while (due := s.timer_deadline()) is not None and due <= now:
+            record(step, s.on_timer(due))
+        kind = rnd.random()
+        payload: bytes | None = b""
+        if kind < 0.55:
+            payload = voiced_chunk(packets=rnd.randint(1, 26), size=rnd.randint(11, 90))
+        elif kind < 0.75:
+            payload = silence_chunk(packets=rnd.randint(1, 13), size=rnd.randint(1, 10))
+        elif kind < 0.8:
+            payload = plan_a([b"\x48" * rnd.randint(0, 12)] * 3) + b"\x05"
+        elif kind < 0.85:
+            s.on_tts_started(now)
+            payload = None
+        elif kind < 0.9:
+            s.on_tts_ended(now)
+            payload = None
+        if payload is not None:
+            record(step, s.on_chunk(payload, rnd.random() < final_share, now, client_ts=step))
+    record("flush", s.flush())
+    return out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "seed", "final_share", "cuts", "digest"),
+    [
+        ({}, 0, 0.25, 68, "031732167d5af9a03379e961d1b8bb14944f401f933217c6ca52dab6c12b84d9"),
+        (
+            {"max_duration_ms": 1500, "pause_ms": 1000, "min_utterance_ms": 300},
+            1,
+            0.1,
+            89,
+            "dd8f132c54993a2c8e7b6f43b5bb10dc99d347f0ba96a26970ea968e429403b7",
+        ),
+    ],
+)
+def test_lingua_cuts_are_those_of_the_segmenter_before_voice_endpointing(
+    overrides: dict[str, int], seed: int, final_share: float, cuts: int, digest: str
+) -> None:
+    """The digests were recorded by running the Segmenter of commit a574995 (before ``endpointing`` existed) on
+    these sessions; they change if the fake packets of peers.py change."""
+    out = _random_session(seg(**overrides), seed, final_share)
+    assert len(out) == cuts
+    assert hashlib.sha256(repr(out).encode()).hexdigest() == digest

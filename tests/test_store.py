@@ -377,3 +377,47 @@ async def test_a_move_whose_mover_died_is_finished_by_the_tick(store: Store) -> 
     await add_node(store, b)
     [moved] = assigns(await store.tick())
     assert moved.job_id == created.job_id and moved.node == b
+
+
+async def test_one_job_per_slot_across_instances_and_cells(store: Store) -> None:
+    other = Store(store.settings, store.url)  # a second instance on the same deployment
+    await other.open()
+    try:
+        home = store.keys.home_cell("s-9")
+        await add_node(store, node_in(store, (home + store.cells - 1) % store.cells), cap=100)
+        results = await asyncio.gather(*(s.create_job(spec(session="s-9")) for s in [store, other] * 50))
+        assert len({r.job_id for r in results}) == 1
+        assert sum(len(assigns(r.actions)) for r in results) == 1
+    finally:
+        await other.close()
+
+
+async def test_a_timed_out_attempt_moves_to_a_node_of_another_cell(any_store_url: str) -> None:
+    settings = Settings(key_prefix=f"st-{uuid.uuid4().hex[:8]}", job_timeout_ms=50, cells=4)
+    s = Store(settings, any_store_url)
+    await s.open()
+    try:
+        silent, b = node_in(s, 0, "silent"), node_in(s, 2, "b")
+        await add_node(s, silent)
+        created = await s.create_job(spec(session=session_in(s, 0)))
+        assert [x.node for x in assigns(created.actions)] == [silent]
+        await add_node(s, b)
+        await asyncio.sleep(0.1)
+        actions = await s.tick()  # the attempt times out; no other node in its cell: it waits, then moves
+        assert [c.node for c in actions if isinstance(c, Cancel)] == [silent]
+        moved = assigns(actions) or assigns(await s.tick())
+        assert [(x.job_id, x.node, x.attempt) for x in moved] == [(created.job_id, b, 2)]
+    finally:
+        await s.close()
+
+
+async def test_capacity_freed_by_a_cancel_places_a_waiting_job(store: Store) -> None:
+    a = node_in(store, 0, "a")
+    await add_node(store, a, cap=1)
+    home = session_in(store, 0)
+    running = await store.create_job(spec(session=home))
+    waiting = await store.create_job(spec(session=home, index=1))
+    assert waiting.state == "pending"
+    actions = await store.cancel_jobs([(running.job_id, running.cell)], "gap_timeout")
+    assert [c.job_id for c in actions if isinstance(c, Cancel)] == [running.job_id]
+    assert [(x.job_id, x.node) for x in assigns(actions)] == [(waiting.job_id, a)]

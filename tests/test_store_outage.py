@@ -196,3 +196,38 @@ async def test_http_api_answers_503_while_the_store_refuses_writes(own_store: Em
     finally:
         await admin.aclose()
         await d.stop()
+
+
+async def test_a_store_that_refuses_writes_is_an_outage_everywhere(
+    own_store: EmbeddedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OOM is not a connection error, but it is as much an outage: a node's registration is refused with a
+    close (it registers again after its backoff) instead of neither an ack nor a close, a session's utterance gets
+    SCHEDULER_DEPENDENCY_DOWN, /health answers 503, no traceback; all recover when the store does."""
+    d = await start_dragoman(own_store.url, tick_interval_ms=50)
+    admin = redis.Redis.from_url(own_store.url)
+    try:
+        async with httpx.AsyncClient(base_url=d.http) as http, LinguaWebClient(d.session_url) as client:
+            await client.init(two_way=False)
+            await admin.config_set("maxmemory", "1")  # every write is refused: OOM
+            try:
+                async with LinguaNode(d.node_url) as refused:
+                    await refused.send(refused.register_frame())
+                    assert await refused.wait_closed() == 1011
+                await client.utterance(0, pcm16(100))
+                error = await client.expect("error")
+                assert error["code"] == "SCHEDULER_DEPENDENCY_DOWN"
+                await until_health(http, 503)
+            finally:
+                await admin.config_set("maxmemory", "0")
+            await until_health(http, 200)
+            async with LinguaNode(d.node_url) as node:
+                await node.start()
+                await client.utterance(1, pcm16(100))
+                await node.result(await node.next_job(), text_translated="back")
+                [outcome] = await client.outcomes(1)
+                assert outcome["text_translated"] == "back"
+        assert not [r for r in caplog.records if r.exc_info is not None]
+    finally:
+        await admin.aclose()
+        await d.stop()

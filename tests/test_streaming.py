@@ -314,7 +314,7 @@ async def test_heartbeat_and_partials(dragoman: StartDragoman) -> None:
 
 
 async def test_chunks_are_passed_through_verbatim_including_odd_records(dragoman: StartDragoman) -> None:
-    d = await dragoman()
+    d = await dragoman(endpointing="lingua")  # "voice" sends whole records with audio only (test_endpointing.py)
     async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
         await node.start()
         await client.init()

@@ -94,7 +94,7 @@ def create_app(scheduler: Scheduler) -> Starlette:
                 except p.ProtocolError as exc:
                     metrics.BAD_FRAMES.inc("session")
                     if exc.wrong_direction:
-                        log.warning("client sent a message of the wrong direction: %.200s", text)
+                        log.warning("client sent a message of the wrong direction: %s", p.excerpt(text))
                     else:
                         conn.send_nowait(_error("INVALID_MESSAGE", f"Invalid message format: {exc.detail}"))
                     continue
@@ -207,7 +207,7 @@ def _route_client(
         target = scheduler.sessions.get(session_id)
         if target is None:
             conn.send_nowait(
-                _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {session_id}")
+                _error("INTERNAL_ERROR", f"Failed to process message: Session does not exist: {p.excerpt(session_id)}")
             )
         else:
             target.submit(msg, received)

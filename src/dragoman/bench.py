@@ -41,7 +41,8 @@ from dragoman import protocol as p
 from dragoman.agent.engines import EchoEngine, EngineConfig
 
 # One web-client chunk: 13 voiced 20 ms Plan A packets (260 ms); two make an utterance past min_utterance_ms.
-CHUNK_B64 = base64.b64encode(b"".join(b"\x3d\x00\x48" + bytes(range(60)) for _ in range(13))).decode()
+# Each is a SILK wideband packet whose first byte sets the voice-activity flag of a voiced frame (dragoman.voice).
+CHUNK_B64 = base64.b64encode(b"".join(b"\x3d\x00\x48\xb0" + bytes(range(1, 60)) for _ in range(13))).decode()
 
 
 # -- workers (run in their own processes) -------------------------------------------------------------

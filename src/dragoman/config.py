@@ -18,6 +18,10 @@ from dragoman.logs import LOG_FORMATS, configure_logging
 __all__ = ["ConfigError", "Settings", "configure_logging", "load_settings"]
 
 
+#: The values of the ``endpointing`` setting.
+ENDPOINTING_MODES = ("voice", "lingua")
+
+
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it."""
 
@@ -53,6 +57,12 @@ class Settings:
     min_utterance_ms: int = 500
     silence_packet_max_bytes: int = 10
     tts_playing_max_ms: int = 60_000
+    # Endpointing: "voice" cuts at pauses found in the Opus bitstream; "lingua" keeps lingua's rules exactly
+    endpointing: str = "voice"
+    endpoint_silence_ms: int = 800  # non-voice after voice that ends an utterance
+    min_voice_ms: int = 100  # a cut with less voice than this makes no job
+    voice_lead_in_ms: int = 200  # non-voice kept before the first voice
+    voice_tail_ms: int = 300  # non-voice kept after the last voice
     # Jobs (§11)
     default_node_capacity: int = 4
     pending_timeout_ms: int = 10_000
@@ -72,7 +82,6 @@ class Settings:
     session_result_ttl_ms: int = 60_000  # a session job's record (and outcome) once resolved
     api_result_ttl_ms: int = 600_000  # an HTTP API job's record (and result) once resolved
     binding_ttl_ms: int = 3_600_000  # slot bindings (request id -> job) and live job records
-    affinity_ttl_ms: int = 600_000  # turn and session affinity to a node
     instance_ttl_ms: int = 10_000  # an instance that stops announcing itself is dead after this
     resume_grace_ms: int = 60_000  # a session whose socket closed can be resumed this long (§18.2)
     store_retry_ms: int = 30_000  # how long a node's result waits for an unreachable store before it is given up
@@ -129,6 +138,8 @@ def load_settings(
     settings = Settings(**values)
     if not 1 <= settings.port <= 65535:
         raise ConfigError(f"port: must be 1-65535, got {settings.port}")
+    if settings.endpointing not in ENDPOINTING_MODES:
+        raise ConfigError(f"endpointing: expected one of {', '.join(ENDPOINTING_MODES)}, got {settings.endpointing!r}")
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")

@@ -49,10 +49,11 @@ class Connection:
         return self.send_nowait(frame)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the frames already queued."""
+        """Close after the frames already queued; ``reason`` (at most 123 bytes) tells the peer why."""
         if not self.closed:
             self.closed = True
-            self._close_code, self._close_reason = code, reason
+            self._close_code = code
+            self._close_reason = reason
             self._outbox.put_nowait(None)
 
     def _drop_slow_reader(self, why: str) -> None:

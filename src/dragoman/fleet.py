@@ -161,9 +161,9 @@ class Fleet:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(FleetCollector(self))
 
-    def render(self) -> bytes:
+    def render(self) -> str:
         """The fleet-wide gauges of the last snapshot, in the text exposition format."""
-        return generate_latest(self.registry)
+        return generate_latest(self.registry).decode()
 
     async def snapshot(self, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> Snapshot:
         """The last snapshot if younger than ``max_age_s``, else a new one (0: always a new one)."""

@@ -8,8 +8,6 @@ any instance — returns the same job and exactly one ``job_assign`` goes out.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import hashlib
@@ -41,7 +39,7 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=False):
     tgt_lang: str
     audio: str  # base64
     audio_format: str = "pcm16"  # "pcm16" (s16le mono) or "opus" (Plan A)
-    sample_rate: int = 16000
+    sample_rate: p.U32 = 16000
     mode: str | None = None
     lang_a: str | None = None
     lang_b: str | None = None
@@ -127,6 +125,9 @@ def _invalid(exc: msgspec.ValidationError) -> JSONResponse:
     return _problem(422, "invalid_request", text, ".".join(parts) or None)
 
 
+_decode_request = msgspec.json.Decoder(JobRequest)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -151,14 +152,13 @@ async def _read_request(request: Request, limit: int) -> JobRequest | JSONRespon
     except _BodyTooLarge:
         return _problem(413, "payload_too_large", f"the body is larger than max_http_body_bytes ({limit} bytes)")
     try:
-        job = msgspec.json.decode(body, type=JobRequest)
+        job = p.decode_json(_decode_request, body)
     except msgspec.ValidationError as exc:
         return _invalid(exc)
     except msgspec.DecodeError as exc:
         return _problem(400, "invalid_json", f"the body is not valid JSON: {exc}")
-    try:
-        audio = base64.b64decode(job.audio, validate=True)
-    except binascii.Error:
+    audio = p.decode_base64(job.audio)
+    if audio is None:
         return _problem(422, "invalid_request", "audio is not valid base64", "audio")
     if not audio:
         return _problem(422, "invalid_request", "audio is empty", "audio")

@@ -73,17 +73,33 @@ class Gauge:
         self._metric.set_function(lambda: self.read())
 
 
-def render() -> bytes:
-    return generate_latest(REGISTRY)
+def render() -> str:
+    """This instance's metrics in the text exposition format."""
+    return generate_latest(REGISTRY).decode()
 
 
 SESSIONS = Gauge("dragoman_sessions", "Client sessions held by this instance")
 NODES = Gauge("dragoman_nodes", "Node sockets held by this instance")
+CUT_REASONS = ("is_final", "timeout", "endpoint", "max_duration", "max_length", "session_close")  # segmenter.CutReason
 CUTS = Counter(
     "dragoman_cuts_total",
     "Utterance cuts by reason (discarded: silence only; merged: held)",
     ("reason",),
-    ("is_final", "timeout", "max_duration", "max_length", "session_close", "discarded", "merged"),
+    (*CUT_REASONS, "discarded", "merged"),
+)
+VOICELESS_CUTS = Counter(
+    "dragoman_voiceless_cuts_total",
+    "Cuts not turned into jobs for less voice than min_voice_ms (lingua: no voiced packet), by cut reason",
+    ("reason",),
+    CUT_REASONS,
+)
+AUDIO_SENT_SECONDS = Counter("dragoman_audio_sent_seconds_total", "Seconds of streamed audio cut into jobs")
+VOICE_SENT_SECONDS = Counter(
+    "dragoman_voice_sent_seconds_total", "Seconds of voiced packets in that audio (as the endpointing mode judges them)"
+)
+AUDIO_TRIMMED_SECONDS = Counter(
+    "dragoman_audio_trimmed_seconds_total",
+    "Seconds of streamed audio not sent: non-voice trimmed around speech, and cuts without voice",
 )
 JOBS_CREATED = Counter("dragoman_jobs_created_total", "Jobs created by this instance")
 JOBS_DISPATCHED = Counter("dragoman_jobs_dispatched_total", "job_assign frames sent (every attempt)")

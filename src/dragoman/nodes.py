@@ -15,7 +15,7 @@ from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
-from dragoman.store import Outcome, Partial
+from dragoman.store import DRAIN_LIMIT, Outcome, Partial
 from dragoman.store_errors import store_unavailable
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ RETRYABLE = frozenset(
         "TTS_TIMEOUT",
     }
 )
-DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
+INVALID_NODE_ID = 1008  # WebSocket close code "policy violation": the registration breaks a rule of ours
 
 
 class NodeLink:
@@ -47,6 +47,8 @@ class NodeLink:
         self.languages: p.LanguageCapabilities | None = None
 
     async def handle(self, raw: str | bytes) -> None:
+        if self.conn.closed:  # closed by Dragoman (a refused node_register): frames still buffered count for nothing
+            return
         try:
             msg = p.decode_node(raw)
         except p.ProtocolError as exc:
@@ -59,9 +61,15 @@ class NodeLink:
         elif self.node_id is None:
             log.warning("unregistered node socket sent %s; ignored", type(msg).__name__)
         elif isinstance(msg, p.NodeError):
-            log.warning("node %s reports %s: %s %r", self.node_id, msg.code, msg.message, msg.details)
+            log.warning(
+                "node %s reports %s: %s %s",
+                self.node_id,
+                p.excerpt(msg.code),
+                p.excerpt(msg.message),
+                p.excerpt(msg.details),
+            )
         elif msg.node_id != self.node_id:
-            log.warning("node %s: %s names node %s; ignored", self.node_id, type(msg).__name__, msg.node_id)
+            log.warning("node %s: %s names node %s; ignored", self.node_id, type(msg).__name__, p.excerpt(msg.node_id))
         elif isinstance(msg, p.NodeHeartbeat):
             await self._heartbeat(msg)
         elif isinstance(msg, p.JobResult):
@@ -88,6 +96,11 @@ class NodeLink:
         return self.capacity
 
     async def _register(self, msg: p.NodeRegister) -> None:
+        if msg.node_id and not p.valid_node_id(msg.node_id):
+            # No error frame goes to a node (§2.3), so the close says why; the node retries after its backoff.
+            log.warning("node_register refused: node_id %r is not %s", p.excerpt(msg.node_id), p.NODE_ID_RULE)
+            self.conn.close(INVALID_NODE_ID, f"invalid node_id: {p.NODE_ID_RULE}")
+            return
         node_id = msg.node_id or p.new_node_id()
         if self.node_id is not None and self.node_id != node_id:
             await self.closed()  # the socket re-registers as another node: the old one is gone
@@ -174,7 +187,7 @@ class NodeLink:
                 "node %s: %s result for %s (attempt %d) dropped",
                 self.node_id,
                 reply.verdict,
-                msg.job_id,
+                p.excerpt(msg.job_id),
                 msg.attempt_id,
             )
         # The accepted outcome comes back without the result this socket just sent: put it in.

@@ -7,9 +7,11 @@ defaults to ``None`` (or ``False`` for omit-false flags) and the structs are enc
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import re
 import uuid
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -53,6 +55,47 @@ EXTRA_RESULT_KEYS: Final = (
     "reason",
 )
 EMPTY_REASONS: Final = frozenset({"ASR_EMPTY", "NO_TEXT_ASSIGNED"})
+
+
+# Integer ranges of §1.5, checked when a frame is decoded: out of range is INVALID_MESSAGE like a wrong type.
+# msgspec bounds must fit in an int64, so u64 fields stop at 2**63 - 1 (the store keeps indexes as sorted-set
+# scores, and the web client as JavaScript numbers, so no real index comes near either bound).
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+# A node id a node may choose (§7.1). The store keeps an attempt's nodes as a space-separated list, and ids
+# appear in keys and log lines, so they are short and plain; generated ids (§2.5) match.
+NODE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+NODE_ID_RULE: Final = "1 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def valid_node_id(node_id: str) -> bool:
+    return NODE_ID_PATTERN.fullmatch(node_id) is not None
+
+
+EXCERPT_CHARS: Final = 200
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``value`` (a ``str``, else its repr) cut to ``limit`` characters: what a log line or an error reply
+    shows of input, which can be megabytes long."""
+    try:
+        text = value if isinstance(value, str) else repr(value)
+    except RecursionError:  # nested about as deep as the decoder allows, and shown from deeper in the stack
+        text = f"({type(value).__name__} nested too deeply to show)"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def decode_base64(text: str) -> bytes | None:
+    """Strict standard base64 (§1.5), or None when ``text`` is not: a non-ASCII character raises a plain
+    ``ValueError`` where bad padding raises ``binascii.Error`` (a subclass), so both are caught here."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
 
 
 def new_session_id() -> str:
@@ -141,28 +184,31 @@ class SessionInit(Inbound, tag="session_init"):
     lang_b: str | None = None
     auto_langs: list[str] | None = None
     enable_streaming_asr: bool | None = None
-    partial_update_interval_ms: int | None = None
+    partial_update_interval_ms: U64 | None = None
     trace_id: str | None = None
     resume_session_id: str | None = None
+    # Extension (with resume_session_id): the client has every outcome up to this utterance_index, so the
+    # resumed session delivers only what follows it (exactly once across an instance crash).
+    resume_delivered_index: I64 | None = None
 
 
 class AudioChunk(Inbound, tag="audio_chunk"):
     session_id: str
-    seq: int
+    seq: U64
     is_final: bool
     payload: str | None = None
-    client_timestamp_ms: int | None = None
+    client_timestamp_ms: I64 | None = None
 
 
 class Utterance(Inbound, tag="utterance"):
     session_id: str
-    utterance_index: int
+    utterance_index: U64
     manual_cut: bool
     src_lang: str
     tgt_lang: str
     audio: str
     audio_format: str
-    sample_rate: int
+    sample_rate: U32
     dialect: str | None = None
     features: FeatureFlags | None = None
     trace_id: str | None = None
@@ -171,20 +217,20 @@ class Utterance(Inbound, tag="utterance"):
 
 class ClientHeartbeat(Inbound, tag="client_heartbeat"):
     session_id: str
-    timestamp: int
+    timestamp: I64
 
 
 class TtsStarted(Inbound, tag="tts_started"):
     session_id: str
     group_id: str
-    ts_start_ms: int
+    ts_start_ms: U64
     trace_id: str | None = None
 
 
 class TtsPlayEnded(Inbound, tag="tts_play_ended"):
     session_id: str
     group_id: str
-    ts_end_ms: int
+    ts_end_ms: U64
     trace_id: str | None = None
 
 
@@ -259,12 +305,12 @@ class NodeRegister(Inbound, tag="node_register"):
     installed_services: list[Any] | None = None
     advanced_features: list[Any] | None = None
     language_capabilities: LanguageCapabilities | None = None
-    max_concurrent_jobs: int | None = None
+    max_concurrent_jobs: U32 | None = None
 
 
 class NodeHeartbeat(Inbound, tag="node_heartbeat"):
     node_id: str
-    timestamp: int
+    timestamp: I64
     resource_usage: dict[str, Any]
     installed_services: list[Any]
     capability_by_type: list[Any]
@@ -273,15 +319,15 @@ class NodeHeartbeat(Inbound, tag="node_heartbeat"):
     asr_metrics: dict[str, Any] | None = None
     processing_metrics: dict[str, Any] | None = None
     language_capabilities: LanguageCapabilities | None = None
-    max_concurrent_jobs: int | None = None
+    max_concurrent_jobs: U32 | None = None
 
 
 class JobResult(Inbound, tag="job_result"):
     job_id: str
-    attempt_id: int
+    attempt_id: U32
     node_id: str
     session_id: str
-    utterance_index: int
+    utterance_index: U64
     success: bool
     trace_id: str
     text_asr: str | None = None
@@ -289,15 +335,15 @@ class JobResult(Inbound, tag="job_result"):
     tts_audio: str | None = None
     tts_format: str | None = None
     extra: dict[str, Any] | None = None
-    processing_time_ms: int | None = None
+    processing_time_ms: U64 | None = None
     error: JobError | None = None
     group_id: str | None = None
-    part_index: int | None = None
-    node_completed_at_ms: int | None = None
+    part_index: U64 | None = None
+    node_completed_at_ms: I64 | None = None
     asr_quality_level: str | None = None
     reason_codes: list[str] | None = None
     quality_score: float | None = None
-    rerun_count: int | None = None
+    rerun_count: U32 | None = None
     segments_meta: dict[str, Any] | None = None
 
     def forwarded_extra(self) -> dict[str, Any] | None:
@@ -325,7 +371,7 @@ class NodeAsrPartial(Inbound, tag="asr_partial"):
     job_id: str
     node_id: str
     session_id: str
-    utterance_index: int
+    utterance_index: U64
     text: str
     is_final: bool
     trace_id: str
@@ -333,7 +379,7 @@ class NodeAsrPartial(Inbound, tag="asr_partial"):
 
 class JobAck(Inbound, tag="job_ack"):
     job_id: str
-    attempt_id: int
+    attempt_id: U32
     node_id: str
     session_id: str
     trace_id: str
@@ -341,7 +387,7 @@ class JobAck(Inbound, tag="job_ack"):
 
 class JobStarted(Inbound, tag="job_started"):
     job_id: str
-    attempt_id: int
+    attempt_id: U32
     node_id: str
     session_id: str
     trace_id: str
@@ -575,6 +621,21 @@ class ProtocolError(ValueError):
 
 T = TypeVar("T")
 
+TOO_DEEP: Final = "JSON nested too deeply"
+
+
+def decode_json(decoder: msgspec.json.Decoder[T], raw: str | bytes) -> T:
+    """``decoder.decode(raw)`` for input from outside. msgspec nests as deep as Python's recursion limit
+    allows and then raises ``RecursionError`` (a 2.4 KB frame nested 1,000 levels does), which is no
+    ``DecodeError``: here it becomes one, so every caller answers it as the bad input it is."""
+    try:
+        return decoder.decode(raw)
+    except RecursionError:
+        raise msgspec.DecodeError(TOO_DEEP) from None
+
+
+_type_only = msgspec.json.Decoder(_TypeOnly)
+
 
 class _Decoder(Generic[T]):
     def __init__(self, union: Any, wrong_way: frozenset[str]) -> None:
@@ -583,13 +644,14 @@ class _Decoder(Generic[T]):
 
     def __call__(self, raw: str | bytes) -> T:
         try:
-            return self._decoder.decode(raw)
+            return decode_json(self._decoder, raw)
         except msgspec.DecodeError as exc:
             wrong = False
             if isinstance(exc, msgspec.ValidationError):
                 with contextlib.suppress(msgspec.DecodeError):
-                    wrong = msgspec.json.decode(raw, type=_TypeOnly).type in self._wrong_way
-            raise ProtocolError(str(exc), wrong_direction=wrong) from None
+                    wrong = decode_json(_type_only, raw).type in self._wrong_way
+            # The detail can quote input (an unknown type's value): cut it for the reply and the log.
+            raise ProtocolError(excerpt(str(exc)), wrong_direction=wrong) from None
 
 
 def _tags(union: Any) -> frozenset[str]:

@@ -229,6 +229,12 @@ class Scheduler:
             snapshot = None
         if snapshot is None:
             return self.open_session(conn, init)
+        if init.resume_delivered_index is not None and init.resume_delivered_index > snapshot.delivered:
+            # The client has more than the store knows was delivered (the delivery marks are written every
+            # 100 ms, so a crash loses the last ones): deliver only what follows what it has.
+            delivered = init.resume_delivered_index
+            jobs = [job for job in snapshot.jobs if job[0] > delivered]
+            snapshot = msgspec.structs.replace(snapshot, delivered=delivered, jobs=jobs)
         old = self.sessions.get(session_id)
         if old is not None:
             old.supersede()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import logging
 import time
@@ -21,7 +20,7 @@ import msgspec
 from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
-from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
+from dragoman.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
 from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
 if TYPE_CHECKING:
@@ -246,16 +245,10 @@ class SessionActor:
 
     async def _on_message(self, msg: p.Inbound, received: float) -> None:
         if isinstance(msg, p.AudioChunk):
-            payload = b""
-            if msg.payload:
-                try:
-                    payload = base64.b64decode(msg.payload, validate=True)
-                except binascii.Error:
-                    log.warning(
-                        "session %s: undecodable audio_chunk payload (seq %s) treated as empty",
-                        self.id,
-                        msg.seq,
-                    )
+            payload = p.decode_base64(msg.payload) if msg.payload else b""
+            if payload is None:
+                log.warning("session %s: undecodable audio_chunk payload (seq %s) treated as empty", self.id, msg.seq)
+                payload = b""
             now = _mono_ms()
             for cut in self.segmenter.on_chunk(payload, msg.is_final, now, msg.client_timestamp_ms):
                 await self._create_from_cut(cut, received)
@@ -277,10 +270,7 @@ class SessionActor:
         if i < self.next_index or i in self._held:
             await self.send(p.encode(p.Error(code="INVALID_MESSAGE", message=f"utterance_index {i} already used")))
             return
-        try:
-            audio = base64.b64decode(msg.audio, validate=True)
-        except binascii.Error:
-            audio = b""
+        audio = p.decode_base64(msg.audio)
         if not audio:
             await self.send(
                 p.encode(p.Error(code="INTERNAL_ERROR", message="Failed to process message: Audio decode failed"))
@@ -392,7 +382,7 @@ class SessionActor:
             features=s.features,
             padding_ms=PADDING_MS[cut.reason],
             is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
-            is_timeout_triggered=cut.reason is CutReason.TIMEOUT,
+            is_timeout_triggered=cut.reason in PAUSE_CUTS,
             is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
             cut=(cut.reason.value, cut.duration_ms),
         )
@@ -601,7 +591,7 @@ class SessionActor:
             if code == "NO_AVAILABLE_NODE" and not slot.streaming:
                 code, message = (
                     "INTERNAL_ERROR",
-                    f"Failed to process message: no node available for pair {slot.pair}",
+                    f"Failed to process message: no node available for pair {p.excerpt(slot.pair)}",
                 )
             return [p.encode(p.Error(code=code, message=message, details=details))]
         return [self._missing(slot, "gap_timeout")]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
-import binascii
 import importlib
 import logging
 import random
@@ -26,7 +25,7 @@ from typing import Any, Final
 
 from dragoman import pcm
 from dragoman.audio import pcm16_duration_ms, plan_a_stats
-from dragoman.protocol import JobAssign
+from dragoman.protocol import JobAssign, decode_base64
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +197,10 @@ def capability_by_type(services: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def decode_audio(job: JobAssign) -> bytes:
     """The job's audio bytes; invalid base64 is a PROCESSING_ERROR, as on the Electron node."""
-    try:
-        return base64.b64decode(job.audio, validate=True)
-    except (binascii.Error, ValueError):
-        raise EngineError(PROCESSING_ERROR, "audio is not valid base64") from None
+    audio = decode_base64(job.audio)
+    if audio is None:
+        raise EngineError(PROCESSING_ERROR, "audio is not valid base64")
+    return audio
 
 
 class EchoEngine(Engine):

@@ -48,7 +48,7 @@ class JobOutput(msgspec.Struct, frozen=True, kw_only=True):
     service_timings: dict[str, Any] | None = None
 
     def tts_bytes(self) -> bytes:
-        return base64.b64decode(self.tts_audio) if self.tts_audio else b""
+        return p.decode_base64(self.tts_audio) or b""
 
 
 class JobFailure(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,8 +7,6 @@ mode prints exactly one line per outcome on stdout, and nothing else there, so t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import sys
 from dataclasses import dataclass
@@ -46,9 +44,8 @@ class TtsWriter:
     def save(self, number: int, result: p.TranslationResult) -> SavedAudio | None:
         if not result.tts_audio:
             return None
-        try:
-            data = base64.b64decode(result.tts_audio, validate=True)
-        except binascii.Error:
+        data = p.decode_base64(result.tts_audio)
+        if data is None:
             return self._raw(number, result.tts_audio.encode(), ".b64", "tts_audio is not valid base64; saved as sent")
         if not data:
             return None
@@ -99,7 +96,7 @@ def outcome_json(tracked: TrackedOutcome, saved: SavedAudio | None) -> dict[str,
     message = tracked.message
     data: dict[str, Any] = msgspec.to_builtins(message)
     if isinstance(message, p.TranslationResult):
-        data["tts_bytes"] = len(base64.b64decode(message.tts_audio)) if message.tts_audio else 0
+        data["tts_bytes"] = len(p.decode_base64(message.tts_audio) or b"")
         del data["tts_audio"]
         data["audio_file"] = str(saved.path) if saved else None
     elif isinstance(message, p.Error) and tracked.index is not None:

@@ -81,6 +81,10 @@ class _DeliveredSlots:
         self._below = 0
         self._above: set[int] = set()
 
+    def through(self, session_id: str) -> int | None:
+        """The index up to which every outcome of the session was passed on (None: not one yet)."""
+        return self._below - 1 if session_id == self._session and self._below > 0 else None
+
     def add(self, session_id: str, index: int) -> bool:
         """Record the slot; False if it was already delivered."""
         if session_id != self._session:
@@ -181,7 +185,7 @@ class SessionConfig:
             **options,
         )
 
-    def init_message(self, resume_session_id: str | None = None) -> p.SessionInit:
+    def init_message(self, resume_session_id: str | None = None, delivered_index: int | None = None) -> p.SessionInit:
         return p.SessionInit(
             client_version=self.client_version,
             platform=self.platform,
@@ -196,6 +200,7 @@ class SessionConfig:
             auto_langs=list(self.auto_langs) if self.auto_langs is not None else None,
             trace_id=self.trace_id,
             resume_session_id=resume_session_id,
+            resume_delivered_index=delivered_index if resume_session_id else None,
         )
 
 
@@ -349,7 +354,8 @@ class SessionClient:
                 problems.append(f"{url}: {_describe(exc)}")
                 continue
             try:
-                await ws.send(encode_message(self.config.init_message(resume)))
+                delivered = self._delivered.through(resume) if resume else None
+                await ws.send(encode_message(self.config.init_message(resume, delivered)))
                 ack, early = await asyncio.wait_for(self._await_ack(ws), self.ack_timeout)
             except (OSError, TimeoutError, WebSocketException) as exc:
                 problems.append(f"{url}: no session_init_ack ({_describe(exc)})")

@@ -2,8 +2,9 @@
 
 Two ways to send, as lingua's clients do:
 - ``opus`` (default): the web client's streaming path. The file is encoded as Plan A Opus and sent in
-  260 ms ``audio_chunk``s; the scheduler cuts utterances (its max-duration rule, or an ``is_final`` every
-  ``--cut-every`` seconds, and always at the end of the file).
+  260 ms ``audio_chunk``s; the scheduler cuts utterances: at the pauses of the speech (its default
+  ``endpointing = "voice"`` measures them in the audio, so they are found however fast the file is sent), by
+  its max-duration rule, at an ``is_final`` every ``--cut-every`` seconds if asked, and at the end of the file.
 - ``pcm16``: the mobile app's one-shot path. The file is cut every ``--cut-every`` seconds (10 by default)
   into ``utterance`` messages with indices the client chooses.
 

@@ -16,9 +16,10 @@ from dragoman.store.records import (
     Routed,
     SessionSnapshot,
 )
-from dragoman.store.store import Store, StoreConfigError, assigned_node, group_id, now_ms
+from dragoman.store.store import DRAIN_LIMIT, Store, StoreConfigError, assigned_node, group_id, now_ms
 
 __all__ = [
+    "DRAIN_LIMIT",
     "Action",
     "Assign",
     "Cancel",

@@ -61,6 +61,7 @@ R = TypeVar("R")
 INBOX_GROUP = "dragoman"
 TRACE_MAX = 64  # steps kept per job (as lua/_cell.lua's TRACE_MAX)
 SESSION_TRACE_MAX = 256  # cuts kept per session
+DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
 MOVE_LEASE_MS = 5000  # a job moving between cells is the mover's this long; then any tick finishes the move
 
 
@@ -254,7 +255,13 @@ class Store:
             if reply.status == "no_room":
                 reply = await self._spill(spec, home, first)
         if reply.status == "existing":
-            return Created("existing", reply.job_id, reply.cell, reply.state, [])
+            if reply.state not in ("", "expired"):
+                return Created("existing", reply.job_id, reply.cell, reply.state, [])
+            # Bound, but not (yet) in the cell the binding names: another creator is placing it elsewhere.
+            record = await self.get_job(reply.job_id)
+            if record is None:
+                return Created("existing", reply.job_id, reply.cell, "pending", [])
+            return Created("existing", reply.job_id, record.cell, record.state, [])
         assert reply.status == "created"
         return Created("created", reply.job_id, reply.cell, reply.state, reply.actions)
 
@@ -310,7 +317,10 @@ class Store:
         actions: list[Action] = []
         for cell, ids in by_cell.items():
             reply = await self._cell(
-                "cancel_jobs", [k.deadlines(cell), *(k.job(cell, i) for i in ids)], [reason, *ids], ActionsReply
+                "cancel_jobs",
+                [k.deadlines(cell), *(k.job(cell, i) for i in ids)],
+                [reason, DRAIN_LIMIT, *ids],
+                ActionsReply,
             )
             actions += reply.actions
         return actions

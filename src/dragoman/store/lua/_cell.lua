@@ -72,7 +72,7 @@ end
 -- and while moving: move_to, pending_until.
 -- The fields of a job record that the helpers use, by name.
 local JOB_FIELDS = {'state', 'attempt', 'nodes', 'node', 'nunit', 'ngrp', 'session', 'index', 'tgt', 'pair',
-                    'pair2', 'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl', 'seq'}
+                    'pair2', 'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl', 'seq', 'result_of'}
 
 local function load_job(job_id)
   local jk = key('job', job_id)
@@ -236,8 +236,9 @@ end
 -- The job's single outcome. state: completed | empty | failed | timed_out; detail: the node's raw
 -- job_result, or Dragoman's error code. It replaces the stored job_assign (the audio) in `data`, and
 -- the record is kept for the job's ttl. `echo`: put the detail in the action (the caller lacks it).
-local function resolve(j, state, detail, echo, resolved_by)
-  redis.call('HSET', j.k, 'state', state, 'data', detail, 'resolved_ms', NOW, 'resolved_by', resolved_by or '')
+-- `result_of`: "node attempt" of the node's result that resolved it (a retry of that result is recognised).
+local function resolve(j, state, detail, echo, result_of)
+  redis.call('HSET', j.k, 'state', state, 'data', detail, 'resolved_ms', NOW, 'result_of', result_of or '')
   redis.call('PEXPIRE', j.k, tonumber(j.ttl))
   redis.call('ZREM', DEADLINES, j.id)
   if j.state == 'pending' then unwait(j) end

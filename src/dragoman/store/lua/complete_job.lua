@@ -16,7 +16,7 @@ local j = load_job(ARGV[7])
 if not j then return reply({verdict = 'unknown', actions = {}}) end
 if split(j.nodes)[attempt] ~= node then return reply({verdict = 'stale', actions = {}}) end
 local by = node .. ' ' .. attempt
-if redis.call('HGET', j.k, 'result_of') == by then
+if j.result_of == by then
   if j.state == 'dispatched' then
     return reply({verdict = 'accepted', actions = {assign_action(j, instance_of(j.node), true)}})
   end
@@ -26,16 +26,16 @@ if j.state ~= 'dispatched' then return reply({verdict = 'resolved', actions = {}
 if j.attempt ~= attempt then return reply({verdict = 'stale', actions = {}}) end
 local actions = {}
 release(j)
-redis.call('HSET', j.k, 'result_of', by)
 trace(j, {e = 'result', node = node, attempt = attempt, kind = kind})
 local grp = j.ngrp
 if kind == 'retry' then
   local block_ms = tonumber(ARGV[12])
   if block_ms > 0 then redis.call('HSET', key('node', node), 'blocked:' .. j.pair, NOW + block_ms) end
+  redis.call('HSET', j.k, 'result_of', by)
   failover(j, 'failed', ARGV[11], actions, false)
   if actions[#actions].a == 'outcome' then actions[#actions].data = nil end
 else
-  actions[1] = resolve(j, kind, ARGV[11], false)
+  actions[1] = resolve(j, kind, ARGV[11], false, by)
 end
 drain(grp, tonumber(ARGV[13]), actions)
 return reply({verdict = 'accepted', actions = actions})
