@@ -110,7 +110,8 @@ async def test_cluster_view_shows_languages_readiness_and_key_prefix(dragoman: S
         assert row["online"] and {c["service_type"]: c["ready"] for c in row["capabilities"]} == reported
         assert any(reported.values())
         # Readiness follows the node's status: a node whose liveness ran out is ready for nothing.
-        await d.store.client.hset(d.store.keys.node(0, node_id), "hb_ms", 1)
+        keys = d.store.keys
+        await d.store.client.hset(keys.node(keys.node_cell(node_id), node_id), "hb_ms", 1)
         row = next(n for n in (await http.get("/api/v1/cluster")).json()["nodes"] if n["node_id"] == node_id)
         assert row["status"] == "offline" and not any(c["ready"] for c in row["capabilities"])
 
