@@ -99,6 +99,12 @@ async def test_dashboard_shows_a_node_a_job_and_its_trace_and_survives_a_store_r
         for step in ("cut", "created", "assigned", "result", "delivered"):
             await expect(trace).to_contain_text(step)
         await expect(trace).to_contain_text(node_id)
+        # The same utterance found by the session's trace id.
+        await page.select_option("#trace-kind", "traces")
+        await page.fill("#trace-id", str(client.trace_id))
+        await page.click("#trace-form button")
+        await expect(trace).to_contain_text(f"session {client.session_id}: 1 utterance", timeout=10_000)
+        await expect(trace).to_contain_text(job["job_id"])
 
         await own_store.stop()
         await expect(page.locator("#status")).to_have_text("store unavailable", timeout=10_000)

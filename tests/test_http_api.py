@@ -106,6 +106,7 @@ async def test_openapi_document_describes_the_api(dragoman: StartDragoman) -> No
         "/api/v1/jobs/{job_id}",
         "/api/v1/jobs/{job_id}/trace",
         "/api/v1/sessions/{session_id}/trace",
+        "/api/v1/traces/{trace_id}",
     }
     request = doc["components"]["schemas"]["JobRequest"]
     assert {"src_lang", "tgt_lang", "audio"} <= set(request["required"])

@@ -51,8 +51,12 @@ async def test_completed_utterance_trace_from_cut_to_delivery(dragoman: StartDra
 
         async with httpx.AsyncClient(base_url=d.http) as http:
             session = (await http.get(f"/api/v1/sessions/{client.session_id}/trace")).json()
+            by_trace = (await http.get(f"/api/v1/traces/{client.trace_id}")).json()
+            assert (await http.get("/api/v1/traces/no-such-trace")).status_code == 404
         [utterance] = session["utterances"]
         assert utterance["job_id"] == job["job_id"] and utterance["utterance_index"] == 0
+        assert by_trace["session_id"] == client.session_id
+        assert [u["job_id"] for u in by_trace["utterances"]] == [job["job_id"]]
 
 
 async def test_failed_over_trace_names_both_nodes_and_why(dragoman: StartDragoman) -> None:

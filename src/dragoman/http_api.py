@@ -429,6 +429,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/sessions/{session_id}/trace": trace_op(
                 "The timeline of each utterance of a session", "session_id", session_trace
             ),
+            "/api/v1/traces/{trace_id}": trace_op(
+                "The timeline of each utterance that carries a trace id (a session's, or an utterance's own)",
+                "trace_id",
+                session_trace,
+            ),
         },
         "components": {"schemas": components},
     }

@@ -200,25 +200,40 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
+    def not_found(message: str) -> Response:
+        return JSONResponse({"error": "not_found", "message": message}, status_code=404)
+
     async def job_trace(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         steps = await store.job_trace(job_id)
         if not steps:
-            return JSONResponse({"error": "not_found", "message": f"no trace of job {job_id}"}, status_code=404)
+            return not_found(f"no trace of job {job_id}")
         return JSONResponse({"job_id": job_id, **timeline(steps)})
+
+    async def utterances(session_id: str, trace_id: str | None = None) -> list[dict[str, Any]]:
+        """The timeline of each utterance of the session (those carrying ``trace_id``, if given)."""
+        found = []
+        for cut in await store.session_trace(session_id):
+            job_id = str(cut.get("job_id", ""))
+            job = {"utterance_index": cut.get("index"), "job_id": job_id, **timeline(await store.job_trace(job_id))}
+            if trace_id is None or job.get("trace_id") == trace_id:
+                found.append(job)
+        return found
 
     async def session_trace(request: Request) -> Response:
         session_id = request.path_params["session_id"]
-        cuts = await store.session_trace(session_id)
-        if not cuts:
-            return JSONResponse({"error": "not_found", "message": f"no trace of session {session_id}"}, status_code=404)
-        utterances = []
-        for cut in cuts:
-            job_id = str(cut.get("job_id", ""))
-            utterances.append(
-                {"utterance_index": cut.get("index"), "job_id": job_id, **timeline(await store.job_trace(job_id))}
-            )
-        return JSONResponse({"session_id": session_id, "utterances": utterances})
+        found = await utterances(session_id)
+        if not found:
+            return not_found(f"no trace of session {session_id}")
+        return JSONResponse({"session_id": session_id, "utterances": found})
+
+    async def trace_by_id(request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        session_id = await store.trace_session(trace_id)
+        found = await utterances(session_id, trace_id) if session_id else []
+        if not found:
+            return not_found(f"no utterance with trace {trace_id}")
+        return JSONResponse({"session_id": session_id, "trace_id": trace_id, "utterances": found})
 
     return [
         Route("/", index),
@@ -228,6 +243,7 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
         Route("/static/{name}", static),
         Route("/api/v1/jobs/{job_id}/trace", store_guarded(scheduler, job_trace)),
         Route("/api/v1/sessions/{session_id}/trace", store_guarded(scheduler, session_trace)),
+        Route("/api/v1/traces/{trace_id}", store_guarded(scheduler, trace_by_id)),
     ]
 
 

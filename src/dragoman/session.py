@@ -480,7 +480,7 @@ class SessionActor:
             self._by_job[slot.job_id] = slot.index
         slot.cell = created.cell
         finalized_ms = now_ms() - round(_mono_ms() - received)
-        self.scheduler.traces.cut(self.id, index, slot.job_id, slot.cell, finalized_ms, *cut)
+        self.scheduler.traces.cut(self.id, index, slot.job_id, slot.cell, trace, finalized_ms, *cut)
         node = assigned_node(created.actions, created.job_id)
         if node is not None:
             self._session_node = node

@@ -27,17 +27,28 @@ class TraceRecorder:
         self.store = store
         self._jobs: list[tuple[str, int, dict[str, Any]]] = []
         self._sessions: list[tuple[str, dict[str, Any]]] = []
+        self._trace_ids: dict[str, str] = {}  # trace id -> session, for looking traces up
         self._flusher: asyncio.Task[None] | None = None
         self.dropped = 0
         self.flushes = 0  # pipelined store calls made (one round trip each)
 
     def cut(
-        self, session: str, index: int, job_id: str, cell: int, at_ms: int, reason: str, audio_ms: int | None
+        self,
+        session: str,
+        index: int,
+        job_id: str,
+        cell: int,
+        trace: str,
+        at_ms: int,
+        reason: str,
+        audio_ms: int | None,
     ) -> None:
         entry: dict[str, Any] = {"e": "cut", "t": at_ms, "reason": reason, "index": index}
         if audio_ms is not None:
             entry["audio_ms"] = audio_ms
         self._add((job_id, cell, entry), (session, {**entry, "job_id": job_id, "cell": cell}))
+        if trace:
+            self._trace_ids[trace] = session
 
     def delivered(self, job_id: str, cell: int, index: int) -> None:
         self._add((job_id, cell, {"e": "delivered", "t": now_ms(), "index": index}), None)
@@ -61,11 +72,12 @@ class TraceRecorder:
     async def flush(self) -> None:
         jobs, self._jobs = self._jobs, []
         sessions, self._sessions = self._sessions, []
+        trace_ids, self._trace_ids = self._trace_ids, {}
         if not jobs and not sessions:
             return
         try:
             self.flushes += 1
-            await self.store.add_traces(jobs, sessions)
+            await self.store.add_traces(jobs, sessions, trace_ids)
         except Exception as exc:  # best effort: a trace never fails an utterance
             self.dropped += len(jobs)
             log.debug("trace steps dropped (%d): %s", len(jobs), exc)

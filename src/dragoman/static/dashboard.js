@@ -184,7 +184,8 @@ async function showTrace(kind, id) {
   box.replaceChildren(el("p", "loading…", "muted"));
   let response;
   try {
-    response = await fetch(`/api/v1/${kind}/${encodeURIComponent(id)}/trace`);
+    const path = kind === "traces" ? `/api/v1/traces/${encodeURIComponent(id)}` : `/api/v1/${kind}/${encodeURIComponent(id)}/trace`;
+    response = await fetch(path);
   } catch (err) {
     box.replaceChildren(el("p", `cannot fetch the trace: ${err}`));
     return;
@@ -196,7 +197,7 @@ async function showTrace(kind, id) {
   }
   const jobs = kind === "jobs" ? [body] : body.utterances;
   const parts = [];
-  if (kind === "sessions") parts.push(el("p", `session ${body.session_id}: ${plural(jobs.length, "utterance")}`, "summary"));
+  if (kind !== "jobs") parts.push(el("p", `session ${body.session_id}: ${plural(jobs.length, "utterance")}`, "summary"));
   for (const job of jobs) parts.push(jobSummary(job), traceRows(job.steps));
   box.replaceChildren(...parts);
 }

@@ -95,6 +95,10 @@ class Keys:
         """The session's cuts (capped list of msgpack entries: index, job id, cell, reason, audio length)."""
         return f"{self.prefix}:{{session:{session}}}:trace"
 
+    def trace_session(self, trace: str) -> str:
+        """The session whose utterances carry this trace id (string), for looking a trace up."""
+        return f"{self.prefix}:{{trace:{trace}}}"
+
     def instance(self, instance: str) -> str:
         return f"{self.instances}:{instance}"
 

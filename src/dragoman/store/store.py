@@ -343,12 +343,16 @@ class Store:
     # -- traces -----------------------------------------------------------------------------------
 
     async def add_traces(
-        self, jobs: list[tuple[str, int, dict[str, Any]]], sessions: list[tuple[str, dict[str, Any]]]
+        self,
+        jobs: list[tuple[str, int, dict[str, Any]]],
+        sessions: list[tuple[str, dict[str, Any]]],
+        trace_ids: dict[str, str] | None = None,
     ) -> None:
         """Append steps recorded outside the scripts (cut, delivered) to job traces (job id, cell, entry) and
         session traces, in one pipelined call. A job's list exists already (its scripts made it, with the
         job's ttl): ``RPUSHX`` adds to it, one command per list, and adds nothing to a job that is gone, so
-        no list is left without a ttl; these two steps at most pass the scripts' cap of ``TRACE_MAX``."""
+        no list is left without a ttl; these two steps at most pass the scripts' cap of ``TRACE_MAX``.
+        ``trace_ids``: trace id -> the session whose utterances carry it (the latest session wins)."""
         k = self.keys
         job_lists: dict[str, list[bytes]] = {}
         for job_id, cell, entry in jobs:
@@ -363,6 +367,8 @@ class Store:
                 pipe.rpush(key, *entries)
                 pipe.ltrim(key, -SESSION_TRACE_MAX, -1)
                 pipe.pexpire(key, self.settings.binding_ttl_ms)  # as long as its jobs' records can live
+            for trace, session in (trace_ids or {}).items():
+                pipe.set(k.trace_session(trace), session, px=self.settings.binding_ttl_ms)
             await pipe.execute()
 
     async def job_trace(self, job_id: str) -> list[dict[str, Any]]:
@@ -374,6 +380,12 @@ class Store:
         entries = [_trace_entry(raw) for rows in lists for raw in rows]
         # The cut comes first whatever its clock says (it is stamped by the instance, to the millisecond).
         return sorted((e for e in entries if e), key=lambda e: (e.get("e") != "cut", float(e.get("t", 0))))
+
+    async def trace_session(self, trace: str) -> str | None:
+        """The session whose utterances last carried the trace id, if any is recorded."""
+        async with self._connection():
+            session = await self.client.get(self.keys.trace_session(trace))
+        return _s(session) if isinstance(session, bytes | str) else None
 
     async def session_trace(self, session: str) -> list[dict[str, Any]]:
         """The session's cuts, oldest first (at most ``SESSION_TRACE_MAX``)."""
