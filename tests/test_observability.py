@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,9 +153,10 @@ async def test_openapi_document_is_valid_and_complete(dragoman: StartDragoman) -
     assert "/api/v1/jobs/{job_id}/trace" in doc["paths"] and "/api/v1/sessions/{session_id}/trace" in doc["paths"]
 
 
-async def test_serve_logs_json_lines_with_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize("access_log", [True, False], ids=["access-log", "no-access-log"])
+async def test_serve_logs_json_lines_with_ids(tmp_path: Path, access_log: bool) -> None:
     port = free_port()
-    env = os.environ | {"DRAGOMAN_LOG_FORMAT": "json", "DRAGOMAN_ACCESS_LOG": "true"}
+    env = os.environ | {"DRAGOMAN_LOG_FORMAT": "json", "DRAGOMAN_ACCESS_LOG": str(access_log).lower()}
     process = subprocess.Popen(
         [sys.executable, "-m", "dragoman", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         stdout=subprocess.DEVNULL,
@@ -181,4 +183,5 @@ async def test_serve_logs_json_lines_with_ids(tmp_path: Path) -> None:
     registered = [line for line in lines if "registered" in line["message"] and line["logger"] == "dragoman.nodes"]
     assert registered and registered[0]["node_id"] == node_id
     assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's lines, same format
-    assert any('"GET /health' in line["message"] for line in lines)  # the access log, switched on here
+    per_connection = [line for line in lines if '"GET /health' in line["message"] or "[accepted]" in line["message"]]
+    assert bool(per_connection) == access_log  # the access log: requests and sockets, only when asked for

@@ -79,8 +79,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Every logger of the process, uvicorn's included, writes one format to stderr."""
+# uvicorn's (and websockets') lines for each WebSocket that opens or closes: an access log of the sockets.
+_CONNECTION_LINES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+
+
+class ConnectionLinesFilter(logging.Filter):
+    """Drops the per-connection lines: they go with the access log (off by default)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _CONNECTION_LINES
+
+
+def configure_logging(level: str, log_format: str = "text", access_log: bool = False) -> None:
+    """Every logger of the process, uvicorn's included, writes one format to stderr; without ``access_log``
+    neither uvicorn's line per request nor its lines per WebSocket opened and closed are written."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
@@ -93,3 +105,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+    errors = logging.getLogger("uvicorn.error")
+    for old_filter in [f for f in errors.filters if isinstance(f, ConnectionLinesFilter)]:
+        errors.removeFilter(old_filter)
+    if not access_log:
+        errors.addFilter(ConnectionLinesFilter())
