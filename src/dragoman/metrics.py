@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client import Counter as _Counter
@@ -29,39 +30,55 @@ RESULT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 OUTCOMES = ("completed", "empty", "failed", "timed_out")
 
 
-class Counter:
+class _Labelled:
+    """A prometheus_client metric and its children by label values, looked up once each (``labels()`` takes a
+    lock and builds a key on every call; the hot path counts and observes several times per utterance)."""
+
+    def __init__(self, metric: Any, labelled: bool) -> None:
+        self._metric = metric
+        self._labelled = labelled
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, labels: tuple[str, ...]) -> Any:
+        if not self._labelled:
+            return self._metric
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+    def known(self, values: Iterable[str]) -> None:
+        """Export these label values from the start."""
+        for value in values:
+            self._child((value,))
+
+
+class Counter(_Labelled):
     """A counter with optional labels, each known label value exported at 0 from the start."""
 
     def __init__(self, name: str, help: str, labels: tuple[str, ...] = (), known: Iterable[str] = ()) -> None:
         assert name.endswith("_total"), "a counter's name ends in _total"
-        self._metric = _Counter(name, help, labels, registry=REGISTRY)
+        super().__init__(_Counter(name, help, labels, registry=REGISTRY), bool(labels))
         self._name, self._labels = name, labels
-        for value in known:
-            self._metric.labels(value)
+        self.known(known)
 
     def inc(self, *labels: str, amount: float = 1) -> None:
-        (self._metric.labels(*labels) if self._labels else self._metric).inc(amount)
+        self._child(labels).inc(amount)
 
     def get(self, *labels: str) -> float:
         value = REGISTRY.get_sample_value(self._name, dict(zip(self._labels, labels, strict=True)))
         return value or 0.0
 
 
-class Histogram:
+class Histogram(_Labelled):
     def __init__(
         self, name: str, help: str, buckets: tuple[float, ...], labels: tuple[str, ...] = (), known: Iterable[str] = ()
     ) -> None:
-        self._metric = _Histogram(name, help, labels, buckets=buckets, registry=REGISTRY)
-        self._labelled = bool(labels)
+        super().__init__(_Histogram(name, help, labels, buckets=buckets, registry=REGISTRY), bool(labels))
         self.known(known)
 
-    def known(self, values: Iterable[str]) -> None:
-        """Export these label values from the start."""
-        for value in values:
-            self._metric.labels(value)
-
     def observe(self, value: float, *labels: str) -> None:
-        (self._metric.labels(*labels) if self._labelled else self._metric).observe(max(0.0, value))
+        self._child(labels).observe(max(0.0, value))
 
 
 class Gauge:
@@ -139,7 +156,7 @@ SCRIPT_LATENCY = Histogram(
 RECENT_RESULTS: deque[tuple[float, str, float]] = deque(maxlen=20_000)  # (unix s, outcome, finalize->result s)
 RECENT_DISPATCHES: deque[tuple[float, float]] = deque(maxlen=20_000)  # (unix s, finalize->job_assign s)
 RECENT_FAILOVERS: deque[dict[str, object]] = deque(maxlen=50)
-RECENT_JOBS: deque[dict[str, object]] = deque(maxlen=50)
+RECENT_JOBS: deque[tuple[int, str, str, float]] = deque(maxlen=50)  # (unix ms, job id, outcome, seconds)
 
 
 def dispatched(seconds: float) -> None:
@@ -155,7 +172,7 @@ def job_resolved(job_id: str, state: str, created_ms: int, dispatched_ms: int | 
     JOBS_RESOLVED.inc(state)
     RESULT_LATENCY.observe(seconds, state)
     RECENT_RESULTS.append((now_ms / 1000, state, seconds))
-    RECENT_JOBS.append({"t": now_ms, "job_id": job_id, "state": state, "seconds": round(seconds, 3)})
+    RECENT_JOBS.append((now_ms, job_id, state, seconds))
     if dispatched_ms is not None:
         NODE_WAIT.observe((dispatched_ms - created_ms) / 1000)
 

@@ -142,7 +142,10 @@ def dashboard_state(scheduler: Scheduler, snap: Snapshot, page: int, node_filter
         "charts": chart_series(now),
         "errors": list(RECENT_ERRORS.lines)[-20:][::-1],
         "failovers": list(metrics.RECENT_FAILOVERS)[-20:][::-1],
-        "jobs": list(metrics.RECENT_JOBS)[-20:][::-1],
+        "jobs": [
+            {"t": t, "job_id": job_id, "state": state, "seconds": round(seconds, 3)}
+            for t, job_id, state, seconds in list(metrics.RECENT_JOBS)[-20:][::-1]
+        ],
     }
 
 
