@@ -741,6 +741,61 @@ class LinguaWebClient(Peer):
         """Send ``session_close`` (§5.6) as the mobile app does; then ``expect("session_close_ack")``."""
         await self.send(self._session_frame("session_close", reason=reason))
 
+    # -- rooms (§13, §15.5): the web client's room frames, key for key --
+
+    async def room_create(
+        self, preferred_lang: str | None = None, display_name: str | None = None, timeout: float = 5.0
+    ) -> tuple[Frame, list[Frame]]:
+        """Send ``room_create``; return its ``room_create_ack`` and the members of the ``room_members`` that
+        follows it."""
+        frame: Frame = {"type": "room_create", "client_ts": now_ms()}
+        if display_name is not None:
+            frame["display_name"] = display_name
+        if preferred_lang is not None:
+            frame["preferred_lang"] = preferred_lang
+        await self.send(frame)
+        ack = await self.expect("room_create_ack", timeout)
+        return ack, await self.members(timeout)
+
+    async def room_join(
+        self, room_code: str, preferred_lang: str | None = None, display_name: str | None = None
+    ) -> None:
+        """Send ``room_join`` (the reply is ``room_members`` or ``room_error``)."""
+        frame: Frame = {"type": "room_join", "room_code": room_code}
+        if display_name is not None:
+            frame["display_name"] = display_name
+        if preferred_lang is not None:
+            frame["preferred_lang"] = preferred_lang
+        await self.send(frame)
+
+    async def room_leave(self, room_code: str) -> None:
+        await self.send({"type": "room_leave", "room_code": room_code})
+
+    async def raw_voice(self, room_code: str, target_session_id: str, receive: bool) -> None:
+        await self.send(
+            {
+                "type": "room_raw_voice_preference",
+                "room_code": room_code,
+                "target_session_id": target_session_id,
+                "receive_raw_voice": receive,
+            }
+        )
+
+    async def webrtc(self, kind: str, room_code: str, to: str, payload: Any) -> None:
+        """Send ``webrtc_offer`` / ``webrtc_answer`` (``payload`` is the sdp) or ``webrtc_ice`` (the candidate)."""
+        key = "candidate" if kind == "webrtc_ice" else "sdp"
+        await self.send({"type": kind, "room_code": room_code, "to": to, key: payload})
+
+    async def members(self, timeout: float = 5.0, count: int | None = None) -> list[Frame]:
+        """The members of the next ``room_members`` (with ``count``: the next one with that many)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            frame = await self.expect("room_members", max(0.01, deadline - loop.time()))
+            members: list[Frame] = frame["members"]
+            if count is None or len(members) == count:
+                return members
+
     async def outcomes(self, n: int, timeout: float = 10.0) -> list[Frame]:
         """Collect the next ``n`` outcomes (``translation_result``, ``missing_result``, ``error``) in arrival
         order, within ``timeout`` seconds in total; other frames (``ui_event``, ``asr_partial``...) go to

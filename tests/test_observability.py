@@ -21,7 +21,7 @@ from conftest import Running, StartDragoman, free_port
 from peers import LinguaNode, LinguaWebClient, voiced_chunk
 
 # Labels that may appear: bounded sets (never a session, job or node).
-BOUNDED_LABELS = {"reason", "outcome", "why", "socket", "script", "status", "pair", "instance", "le"}
+BOUNDED_LABELS = {"reason", "outcome", "why", "socket", "script", "status", "pair", "instance", "event", "le"}
 
 
 async def scrape(d: Running) -> dict[str, Any]:
@@ -185,3 +185,14 @@ async def test_serve_logs_json_lines_with_ids(tmp_path: Path, access_log: bool) 
     assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's lines, same format
     per_connection = [line for line in lines if '"GET /health' in line["message"] or "[accepted]" in line["message"]]
     assert bool(per_connection) == access_log  # the access log: requests and sockets, only when asked for
+
+
+async def test_rooms_are_counted_fleet_wide(dragoman: StartDragoman) -> None:
+    d = await dragoman()
+    async with LinguaWebClient(d.session_url) as speaker:
+        await speaker.init(two_way=False)
+        await speaker.room_create(preferred_lang="zh")
+        families = await scrape(d)
+        assert value(families, "dragoman_fleet_rooms") == 1
+        assert value(families, "dragoman_fleet_room_members") == 1
+        assert value(families, "dragoman_room_events_total", event="joined") >= 0  # exported before any join

@@ -151,20 +151,26 @@ def test_other_client_messages_decode() -> None:
 
 
 @pytest.mark.parametrize(
-    ("type_", "cls"),
+    ("type_", "cls", "fields"),
     [
-        ("room_create", p.RoomCreate),
-        ("room_join", p.RoomJoin),
-        ("room_leave", p.RoomLeave),
-        ("room_raw_voice_preference", p.RoomRawVoicePreference),
-        ("webrtc_offer", p.WebrtcOffer),
-        ("webrtc_answer", p.WebrtcAnswer),
-        ("webrtc_ice", p.WebrtcIce),
+        ("room_create", p.RoomCreate, {"client_ts": 1, "display_name": "A", "preferred_lang": "en"}),
+        ("room_join", p.RoomJoin, {"room_code": "482913", "display_name": None, "preferred_lang": "zh"}),
+        ("room_leave", p.RoomLeave, {"room_code": "482913"}),
+        (
+            "room_raw_voice_preference",
+            p.RoomRawVoicePreference,
+            {"room_code": "482913", "target_session_id": "s-2", "receive_raw_voice": False},
+        ),
+        ("webrtc_offer", p.WebrtcOffer, {"room_code": "482913", "to": "s-2", "sdp": {"type": "offer"}}),
+        ("webrtc_answer", p.WebrtcAnswer, {"room_code": "482913", "to": "s-2", "sdp": {"type": "answer"}}),
+        ("webrtc_ice", p.WebrtcIce, {"room_code": "482913", "to": "s-2", "candidate": {"candidate": "a"}}),
     ],
 )
-def test_room_messages_decode_as_room_messages(type_: str, cls: type) -> None:
-    msg = p.decode_client(_raw({"type": type_, "room_code": "482913", "to": "s-2", "sdp": {"type": "offer"}}))
+def test_room_messages_decode_as_room_messages(type_: str, cls: type, fields: dict[str, Any]) -> None:
+    msg = p.decode_client(_raw({"type": type_, **fields}))
     assert isinstance(msg, cls) and isinstance(msg, p.RoomMessage)
+    with pytest.raises(p.ProtocolError):  # each has a required key (R)
+        p.decode_client(_raw({"type": type_}))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -192,10 +192,11 @@ def _route_client(
     elif isinstance(msg, p.SessionInit):
         owned.append(scheduler.open_session(conn, msg))
     elif isinstance(msg, p.RoomMessage):
-        if not owned:
+        current = owned.live(scheduler)  # room messages act on the socket's current session (§5.7)
+        if current is None:
             conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: Session not initialized"))
         else:
-            conn.send_nowait(_error("INTERNAL_ERROR", "Failed to process message: rooms are not supported yet"))
+            current.submit(msg, received)
     elif isinstance(msg, p.ClientHeartbeat):
         if msg.session_id in scheduler.sessions:
             now = int(time.time() * 1000)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dragoman import __version__, bench
 from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
-from dragoman.config import ConfigError, configure_logging, load_settings
+from dragoman.config import ConfigError, Settings, configure_logging, load_settings
 from dragoman.logs import LOG_FORMATS
 from dragoman.store.embedded import EmbeddedStoreError
 
@@ -36,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="(default info)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="text, or json: one object a line (default text)")
     serve.add_argument(
-        "--access-log", action="store_true", default=None, help="log a line per HTTP request (default off)"
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log a line per HTTP request and per WebSocket opened or closed (default off)",
+    )
+    serve.add_argument(
+        "--workers", type=int, help="instances on this machine sharing the port and the store (default 1)"
     )
     add_node_parser(commands)
     add_client_parsers(commands)
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 "log_level": args.log_level,
                 "log_format": args.log_format,
                 "access_log": args.access_log,
+                "workers": args.workers,
             },
             config_file=args.config,
         )
@@ -74,11 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    from dragoman.server import StartupError
+    from dragoman.workers import run_workers
+
+    try:
+        if settings.workers > 1:
+            return run_workers(settings, lambda one: _serve(one, reuse_port=True))
+        return _serve(settings, reuse_port=False)
+    except (StartupError, EmbeddedStoreError, OSError) as exc:
+        print(f"dragoman: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, reuse_port: bool) -> int:
+    """One instance, until it is stopped; its exit code."""
     from dragoman.server import StartupError, serve
 
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:
-            runner.run(serve(settings))
+            runner.run(serve(settings, reuse_port))
     except (StartupError, EmbeddedStoreError, OSError) as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 1

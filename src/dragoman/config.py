@@ -34,6 +34,7 @@ class Settings:
     redis_url: str = ""  # empty: start an embedded valkey-server in data_dir
     data_dir: str = "dragoman-data"
     key_prefix: str = "dragoman"
+    workers: int = 1  # serve: instances on this machine sharing the port (SO_REUSEPORT) and the store
     cells: int = 1  # scheduling cells, each its own hash tag (a Redis Cluster spreads them over its masters)
     store_max_connections: int = 64  # pooled store connections; a burst of calls waits for one
     store_pool_timeout_ms: int = 5000  # how long a call waits for a pooled connection
@@ -78,6 +79,12 @@ class Settings:
     gap_timeout_ms: int = 30_000
     close_grace_ms: int = 5000
     group_window_ms: int = 2000
+    # Rooms (§13)
+    room_idle_ms: int = 1_800_000  # a room where nobody spoke for this long gets room_expired and is deleted
+    room_check_interval_ms: int = 60_000  # how often idle rooms are looked for
+    room_max_members: int = 16  # a join past this gets room_error ROOM_FULL
+    room_join_failures: int = 5  # failed joins a socket may make per room_join_window_ms (codes are guessable)
+    room_join_window_ms: int = 60_000
     # Store retention
     session_result_ttl_ms: int = 60_000  # a session job's record (and outcome) once resolved
     api_result_ttl_ms: int = 600_000  # an HTTP API job's record (and result) once resolved
@@ -145,7 +152,7 @@ def load_settings(
             raise ConfigError(f"{name}: must not be negative, got {value}")
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format: must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}")
-    for name in ("cells", "store_max_connections"):
+    for name in ("workers", "cells", "store_max_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")
     check_silent_node_detection(settings)

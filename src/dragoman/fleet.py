@@ -143,6 +143,8 @@ class Snapshot:
     nodes: list[NodeView] = field(default_factory=list)
     instances: list[InstanceView] = field(default_factory=list)
     pairs: dict[str, PairView] = field(default_factory=dict)
+    rooms: int = 0
+    room_members: int = 0
 
     def nodes_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -184,6 +186,7 @@ class Fleet:
                 view = snap.pairs.setdefault(pair, PairView(pair))
                 view.eligible_nodes += 1
                 view.free_capacity += node.free
+        snap.rooms, snap.room_members = await store.room_counts()
         for pair, waiting in (await store.waiting_jobs()).items():
             snap.pairs.setdefault(pair, PairView(pair)).waiting_jobs = waiting
         for record in await store.instances():
@@ -232,6 +235,10 @@ class FleetCollector(Collector):
             "dragoman_instance_inbox_backlog", "Inbox entries not yet carried out, by instance", labels=["instance"]
         )
         up = GaugeMetricFamily("dragoman_instance_up", "1 while the instance announces itself", labels=["instance"])
+        rooms = GaugeMetricFamily("dragoman_fleet_rooms", "Live rooms of the deployment")
+        members = GaugeMetricFamily("dragoman_fleet_room_members", "Members of the deployment's rooms")
+        rooms.add_metric([], snap.rooms if snap else 0)
+        members.add_metric([], snap.room_members if snap else 0)
         by_status = {"registering": 0, "ready": 0, "offline": 0} | (snap.nodes_by_status() if snap else {})
         for status, count in by_status.items():
             nodes.add_metric([status], count)
@@ -247,4 +254,17 @@ class FleetCollector(Collector):
             inst_nodes.add_metric([inst.instance_id], inst.nodes_owned)
             backlog.add_metric([inst.instance_id], inst.inbox_length)
             up.add_metric([inst.instance_id], 1 if inst.online else 0)
-        yield from (nodes, capacity, inflight, waiting, eligible, free, sessions, inst_nodes, backlog, up)
+        yield from (
+            nodes,
+            capacity,
+            inflight,
+            waiting,
+            eligible,
+            free,
+            sessions,
+            inst_nodes,
+            backlog,
+            up,
+            rooms,
+            members,
+        )

@@ -130,6 +130,24 @@ BAD_FRAMES = Counter(
     "dragoman_bad_frames_total", "Frames answered or logged as malformed", ("socket",), ("session", "node")
 )
 STORE_ERRORS = Counter("dragoman_store_errors_total", "Store calls that failed")
+ROOM_MEMBERS = Gauge("dragoman_room_members", "Room members whose sessions this instance holds")
+ROOM_EVENTS = Counter(
+    "dragoman_room_events_total",
+    "Room events: created, joined, left, expired, join_failed, join_limited, full, relayed, relay_muted, relay_offline",
+    ("event",),
+    (
+        "created",
+        "joined",
+        "left",
+        "expired",
+        "join_failed",
+        "join_limited",
+        "full",
+        "relayed",
+        "relay_muted",
+        "relay_offline",
+    ),
+)
 DISPATCH_LATENCY = Histogram(
     "dragoman_dispatch_seconds",
     "From the finalizing message to the job_assign frame being written (finalize -> job_assign)",

@@ -130,6 +130,8 @@ def dashboard_state(scheduler: Scheduler, snap: Snapshot, page: int, node_filter
             "waiting": sum(v.waiting_jobs for v in snap.pairs.values()),
             "sessions": sum(i.sessions for i in snap.instances),
             "pairs": len(snap.pairs),
+            "rooms": snap.rooms,
+            "room_members": snap.room_members,
         },
         "nodes": {
             "page": page,

@@ -240,35 +240,47 @@ class SessionClose(Inbound, tag="session_close"):
 
 
 class RoomMessage(Inbound):
-    """Room and WebRTC signalling (§13). Parsed so that they get a clear answer; rooms are not built yet."""
+    """Room and WebRTC signalling (§13): they act on the socket's current session."""
 
 
 class RoomCreate(RoomMessage, tag="room_create"):
-    pass
+    client_ts: int
+    display_name: str | None = None
+    preferred_lang: str | None = None
 
 
 class RoomJoin(RoomMessage, tag="room_join"):
-    pass
+    room_code: str
+    display_name: str | None = None
+    preferred_lang: str | None = None
 
 
 class RoomLeave(RoomMessage, tag="room_leave"):
-    pass
+    room_code: str
 
 
 class RoomRawVoicePreference(RoomMessage, tag="room_raw_voice_preference"):
-    pass
+    room_code: str
+    target_session_id: str
+    receive_raw_voice: bool
 
 
 class WebrtcOffer(RoomMessage, tag="webrtc_offer"):
-    pass
+    room_code: str
+    to: str
+    sdp: Any
 
 
 class WebrtcAnswer(RoomMessage, tag="webrtc_answer"):
-    pass
+    room_code: str
+    to: str
+    sdp: Any
 
 
 class WebrtcIce(RoomMessage, tag="webrtc_ice"):
-    pass
+    room_code: str
+    to: str
+    candidate: Any
 
 
 ClientMessage = (
@@ -513,6 +525,57 @@ class ServerHeartbeat(Outbound, tag="server_heartbeat"):
 
 class SessionCloseAck(Outbound, tag="session_close_ack"):
     session_id: str
+
+
+class Participant(msgspec.Struct, omit_defaults=True):
+    """A room member on the wire (§3)."""
+
+    participant_id: str
+    session_id: str
+    joined_at: str
+    display_name: str | None = None
+    preferred_lang: str | None = None
+    raw_voice_preferences: dict[str, bool] | None = None
+
+
+class RoomCreateAck(Outbound, tag="room_create_ack"):
+    room_code: str
+    room_id: str
+
+
+class RoomMembers(Outbound, tag="room_members"):
+    room_code: str
+    members: list[Participant]
+
+
+class RoomError(Outbound, tag="room_error"):
+    code: str
+    message: str | None = None
+
+
+class RoomExpired(Outbound, tag="room_expired"):
+    room_code: str
+    message: str
+
+
+class RelayedOffer(Outbound, tag="webrtc_offer"):
+    """A relayed offer: ``to`` is the sender's session id (§13.2)."""
+
+    room_code: str
+    to: str
+    sdp: Any
+
+
+class RelayedAnswer(Outbound, tag="webrtc_answer"):
+    room_code: str
+    to: str
+    sdp: Any
+
+
+class RelayedIce(Outbound, tag="webrtc_ice"):
+    room_code: str
+    to: str
+    candidate: Any
 
 
 # ---------------------------------------------------------------------------------------------------------

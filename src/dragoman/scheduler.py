@@ -25,6 +25,7 @@ from dragoman import __version__, metrics
 from dragoman import protocol as p
 from dragoman.config import Settings
 from dragoman.connection import Connection
+from dragoman.rooms import Rooms
 from dragoman.session import SessionActor
 from dragoman.store import (
     Action,
@@ -36,6 +37,7 @@ from dragoman.store import (
     Notify,
     Outcome,
     Partial,
+    RoomFrame,
     Routed,
     Store,
 )
@@ -66,6 +68,7 @@ class Scheduler:
         self.store_healthy = True
         self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
         self.traces = TraceRecorder(store)
+        self.rooms = Rooms(self)
         metrics.SESSIONS.read = lambda: len(self.sessions)
         metrics.NODES.read = lambda: len(self.nodes)
 
@@ -81,6 +84,9 @@ class Scheduler:
             asyncio.create_task(self._every(self.settings.tick_interval_ms / 1000, self._tick), name="tick"),
             asyncio.create_task(
                 self._every(self.settings.reconcile_interval_ms / 1000, self.reconcile), name="reconcile"
+            ),
+            asyncio.create_task(
+                self._every(self.settings.room_check_interval_ms / 1000, self.rooms.sweep), name="rooms"
             ),
         ]
 
@@ -170,6 +176,7 @@ class Scheduler:
         await self.store.open_inbox(self.instance_id)
         for link in list(self.nodes.values()):
             link.conn.close(1012)
+        self.rooms.rejoin_all()  # the taker took this instance's members out of their rooms
 
     async def _flush_delivered(self) -> None:
         """Record, for a resume, up to which index each session has delivered: batched for all sessions
@@ -197,6 +204,7 @@ class Scheduler:
             await self.apply(await self.store.node_gone(node, "*", instance))
         for envelope in await self.store.take_inbox(instance):
             await self.apply([envelope.message], forwarded=True, hops=envelope.hops)
+        await self.rooms.instance_gone(instance)
 
     async def reconcile(self) -> None:
         for repair in await self.store.reconcile():
@@ -316,6 +324,8 @@ class Scheduler:
                     actor = self.sessions.get(action.session)
                     if actor is not None:
                         actor.partial(p.decode_partial(action.raw))
+                case RoomFrame():
+                    self.rooms.received(action)
                 case _:
                     assert_never(action)
 

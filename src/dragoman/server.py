@@ -29,8 +29,9 @@ class StartupError(RuntimeError):
     """``dragoman serve`` cannot start; the message names the setting and the cause, in one line."""
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, made before anything else starts, so a busy port fails at once and alone."""
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """The listening socket, made before anything else starts, so a busy port fails at once and alone.
+    ``reuse_port``: shared with the other workers of ``serve --workers`` (the kernel spreads connections)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -38,6 +39,8 @@ def _listen(host: str, port: int) -> socket.socket:
         raise StartupError(f"host {host!r}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -123,8 +126,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings) -> None:
-    listener = _listen(settings.host, settings.port)
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
+    listener = _listen(settings.host, settings.port, reuse_port)
     embedded: EmbeddedStore | None = None
     supervisor: asyncio.Task[None] | None = None
     store: Store | None = None

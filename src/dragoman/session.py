@@ -20,6 +20,7 @@ import msgspec
 from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
+from dragoman.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
 from dragoman.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
 from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
@@ -125,6 +126,7 @@ class SessionActor:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self.room = Membership(self, resumed)
         if resumed is not None:
             self._restore(resumed)
         self.task = asyncio.create_task(self._run(resumed is None), name=f"session {session_id}")
@@ -161,10 +163,12 @@ class SessionActor:
     def socket_closed(self) -> None:
         self._queue.put_nowait(_SOCKET_CLOSED)
 
+    def room_event(self, event: RoomEvent) -> None:
+        self._queue.put_nowait(event)
+
     def notify(self, job_id: str, event: str, error_code: str | None = None) -> None:
         """A ui_event for one of this session's unresolved jobs, sent at once (any task may call this)."""
-        index = self._by_job.get(job_id)
-        slot = self.slots.get(index) if index is not None else None
+        slot = self._slot(job_id)
         if slot is not None and slot.resolved_at is None:
             self._send_nowait(self._ui(slot, event, error_code=error_code))
 
@@ -181,6 +185,7 @@ class SessionActor:
             except Exception as exc:
                 self.scheduler.store_failed(exc)
         else:
+            await self.room.rejoin()
             await self._release()  # what the session missed while it was away
         while not self._closed:
             event = await self._queue.get()
@@ -206,10 +211,12 @@ class SessionActor:
             await self._on_wake()
         elif isinstance(event, _SocketClosed):
             await self._detach()
+        elif isinstance(event, RoomEvent):
+            await self.room.on_event(event)
         await self._release()
 
     def _rearm(self) -> None:
-        deadlines = [self.segmenter.timer_deadline(), self._gap_deadline(), self._closing_until]
+        deadlines = [self.segmenter.timer_deadline(), self._gap_deadline(), self.room.deadline(), self._closing_until]
         if self._held_since is not None:
             deadlines.append(self._held_since + self.settings.utterance_reorder_ms)
         due = min((d for d in deadlines if d is not None), default=None)
@@ -238,8 +245,10 @@ class SessionActor:
             head = next(iter(self.slots.values()))
             metrics.GAP_TIMEOUTS.inc()
             await self._give_up([head], "gap_timeout")
+        await self.room.on_wake(now)
         if self._closing_until is not None and now >= self._closing_until:
-            await self._give_up([s for s in self.slots.values() if s.outcome is None and not s.frames], "session_close")
+            unresolved = [s for s in self.slots.values() if s.outcome is None and not s.frames]
+            await self._give_up(unresolved + self.room.unresolved(), "session_close")
 
     # -- client messages ----------------------------------------------------------------------------
 
@@ -262,6 +271,8 @@ class SessionActor:
                 self._group.play_end_ms = msg.ts_end_ms
         elif isinstance(msg, p.SessionClose):
             await self._on_close()
+        elif isinstance(msg, p.RoomMessage):
+            await self.room.handle(msg)
 
     async def _on_utterance(self, msg: p.Utterance, received: float) -> None:
         i = msg.utterance_index
@@ -322,6 +333,7 @@ class SessionActor:
         await self._dispatch_held(force=True)
         if self._group is not None:
             self._group.closed = True
+        await self.room.leave()
         self._closing_until = _mono_ms() + self.settings.close_grace_ms
 
     async def _finish_close(self) -> None:
@@ -338,6 +350,8 @@ class SessionActor:
             await self._create_from_cut(cut, _mono_ms())
         await self._dispatch_held(force=True)
         self._stop()
+        await self.room.leave(for_resume=True)
+        await self.room.cancel_all("session_closed")
         try:
             await self.scheduler.store.keep_sessions([(self.id, self.delivered)])
             await self.scheduler.store.claim_session(self.id, self.token, "", "")
@@ -423,18 +437,57 @@ class SessionActor:
         cut: tuple[str, int | None],
         **fields: Any,
     ) -> None:
-        """Create the job of one utterance slot (``fields``: the job_assign fields of its path, §11.2;
-        ``cut``: why the utterance ended and its audio length, for its trace)."""
+        """Create the jobs of one utterance (``fields``: the job_assign fields of its path, §11.2): its own job,
+        or in a room with others one per language of the other members (§11.1), delivered to them. ``cut``:
+        why the utterance ended and its audio length, for its trace."""
+        targets = self.room.targets()
+        if targets is None:
+            if not self.slots:
+                self._head_since = _mono_ms()
+            slot = Slot(index, "", -1, streaming, "", trace, client_ts)
+            self.slots[index] = slot
+            node = await self._create_job(
+                slot, received, src_lang, tgt_lang, turn, self._preferred_nodes(turn), fields, cut
+            )
+            if node is not None:
+                self._session_node = node
+                self._turn_node = (turn, node)
+            return
+        for lang in targets:
+            slot = Slot(index, p.new_job_id(), -1, streaming, "", trace, client_ts)
+            prefer = self.room.add(lang, slot, turn)
+            proposed = slot.job_id
+            node = await self._create_job(
+                slot, received, src_lang, lang, turn, prefer, fields, cut, guard=len(targets) > 1, room=True
+            )
+            self.room.placed(lang, slot, proposed, node, turn)
+
+    async def _create_job(
+        self,
+        slot: Slot,
+        received: float,
+        src_lang: str,
+        tgt_lang: str,
+        turn: str,
+        prefer: tuple[str, ...],
+        fields: dict[str, Any],
+        cut: tuple[str, int | None],
+        guard: bool = False,
+        room: bool = False,
+    ) -> str | None:
+        """Create-or-get the job of one slot and target language; returns the node it went to, if any. A
+        failure resolves the slot as failed (B1): the session goes on."""
         s = self.init
-        job_id = p.new_job_id()
+        if not slot.job_id:
+            slot.job_id = p.new_job_id()
         assign = p.JobAssign(
             attempt_id=0,
-            job_id=job_id,
+            job_id=slot.job_id,
             session_id=self.id,
-            utterance_index=index,
+            utterance_index=slot.index,
             src_lang=src_lang,
             tgt_lang=tgt_lang,
-            trace_id=trace,
+            trace_id=slot.trace,
             turn_id=turn,
             mode=s.mode,
             lang_a=s.lang_a,
@@ -444,25 +497,25 @@ class SessionActor:
             partial_update_interval_ms=1000,
             **fields,
         )
-        pair, pair2 = job_pairs(src_lang, tgt_lang, s.lang_a, s.lang_b)
-        slot = Slot(index, job_id, -1, streaming, pair, trace, client_ts)
-        if not self.slots:
-            self._head_since = _mono_ms()
-        self.slots[index] = slot
-        self._by_job[job_id] = index
+        pair, pair2 = (room_job_pairs if room else job_pairs)(src_lang, tgt_lang, s.lang_a, s.lang_b)
+        slot.pair = pair
+        if not room:
+            self._by_job[slot.job_id] = slot.index
         spec = JobSpec(
             session=self.id,
-            index=index,
+            index=slot.index,
             tgt=tgt_lang,
-            job_id=job_id,
+            job_id=slot.job_id,
             pair=pair,
             pair2=pair2,
             turn=turn,
-            trace=trace,
+            trace=slot.trace,
             owner=self.scheduler.instance_id,
             body=p.assign_body(assign),
             result_ttl_ms=self.settings.session_result_ttl_ms,
-            prefer=self._preferred_nodes(turn),
+            prefer=prefer,
+            guard=guard,
+            room=room,
         )
         try:
             created = await self.scheduler.create_job(spec)
@@ -473,19 +526,17 @@ class SessionActor:
                 p.encode(p.Error(code="SCHEDULER_DEPENDENCY_DOWN", message=f"Scheduler store unavailable: {exc}"))
             ]
             slot.resolved_at = _mono_ms()
-            return
+            return None
         if created.job_id != slot.job_id:  # the slot already had a job (a retry): follow that one
-            del self._by_job[slot.job_id]
+            if not room:
+                del self._by_job[slot.job_id]
+                self._by_job[created.job_id] = slot.index
             slot.job_id = created.job_id
-            self._by_job[slot.job_id] = slot.index
         slot.cell = created.cell
         finalized_ms = now_ms() - round(_mono_ms() - received)
-        self.scheduler.traces.cut(self.id, index, slot.job_id, slot.cell, trace, finalized_ms, *cut)
-        node = assigned_node(created.actions, created.job_id)
-        if node is not None:
-            self._session_node = node
-            self._turn_node = (turn, node)
+        self.scheduler.traces.cut(self.id, slot.index, slot.job_id, slot.cell, slot.trace, finalized_ms, *cut)
         metrics.dispatched((_mono_ms() - received) / 1000)
+        return assigned_node(created.actions, created.job_id)
 
     def _preferred_nodes(self, turn: str) -> tuple[str, ...]:
         """The nodes a new job should go to if they can take it: the turn's (the parts of one long
@@ -509,9 +560,13 @@ class SessionActor:
 
     # -- outcomes -------------------------------------------------------------------------------------
 
+    def _slot(self, job_id: str) -> Slot | None:
+        """The unreleased slot of a job: the session's own, or one of its room streams'."""
+        index = self._by_job.get(job_id)
+        return self.slots.get(index) if index is not None else self.room.slot(job_id)
+
     def _on_outcome(self, outcome: Outcome) -> None:
-        index = self._by_job.get(outcome.job_id)
-        slot = self.slots.get(index) if index is not None else None
+        slot = self._slot(outcome.job_id)
         if slot is None or slot.outcome is not None or slot.frames:
             return  # already resolved here (gap timeout, close): exactly one outcome per slot
         slot.outcome = outcome
@@ -530,8 +585,7 @@ class SessionActor:
             self._send_nowait(self._ui(slot, "ERROR", error_code="JOB_TIMEOUT"))
 
     def _on_partial(self, msg: p.NodeAsrPartial) -> None:
-        index = self._by_job.get(msg.job_id)
-        slot = self.slots.get(index) if index is not None else None
+        slot = self._slot(msg.job_id)
         if slot is None or slot.outcome is not None or slot.frames:
             return
         self._send_nowait(
@@ -550,16 +604,7 @@ class SessionActor:
 
     def _gap_deadline(self) -> float | None:
         """When the head slot, unresolved while a later one waits behind it, is given up (§12.3)."""
-        if not self.slots:
-            return None
-        it = iter(self.slots.values())
-        head = next(it)
-        if head.resolved_at is not None:
-            return None
-        waiting = [s.resolved_at for s in it if s.resolved_at is not None]
-        if not waiting:
-            return None
-        return max(self._head_since, min(waiting)) + self.settings.gap_timeout_ms
+        return gap_deadline(self.slots, self._head_since, self.settings.gap_timeout_ms)
 
     async def _release(self) -> None:
         """Send every resolved slot at the head, in index order."""
@@ -575,7 +620,8 @@ class SessionActor:
             self.scheduler.traces.delivered(slot.job_id, slot.cell, index)
             self.delivered = index
             self.scheduler.delivered_dirty.add(self.id)
-        if self._closing_until is not None and not self.slots and not self._closed:
+        await self.room.release()
+        if self._closing_until is not None and not self.slots and self.room.idle() and not self._closed:
             await self._finish_close()
 
     def _outcome_frames(self, slot: Slot) -> list[bytes]:

@@ -83,6 +83,7 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
                 detail["service_efficiencies"] = efficiencies
             details.append(detail)
         services = _reported_services(views)
+        rooms, members = await scheduler.store.room_counts()
         body = {
             "web_clients": {
                 "active_users": len(scheduler.sessions),
@@ -103,6 +104,7 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
                     "node_power_details": details,
                 },
             },
+            "rooms": {"active_rooms": rooms, "room_members": members},  # an extension (§18.1: additive)
         }
         return JSONResponse(body)
 
@@ -167,6 +169,8 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
                 "total_pending": sum(inst.inbox_pending for inst in snap.instances),
                 "total_dlq": 0,
                 "redis_key_prefix": scheduler.settings.key_prefix,
+                "total_rooms": snap.rooms,  # rooms and their members: an extension (§18.1: additive)
+                "total_room_members": snap.room_members,
                 "nodes": node_rows,
             }
         )

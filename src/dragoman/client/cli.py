@@ -1,4 +1,4 @@
-"""The client commands of ``dragoman``: ``translate`` and ``status``.
+"""The client commands of ``dragoman``: ``translate``, ``room`` and ``status``.
 
 ``add_parsers(subparsers)`` adds them to the main ``dragoman`` parser; each sets ``func``, which takes the
 parsed arguments and returns the exit code. They also run on their own: ``python -m dragoman.client ...``.
@@ -71,6 +71,33 @@ def add_parsers(subparsers: Any) -> None:
         help="how long to wait for outstanding results once the file is sent (default 60)",
     )
     translate.set_defaults(func=translate_command)
+
+    room = subparsers.add_parser(
+        "room",
+        help="hold a translated conversation in a room",
+        description="Create a room (its code is printed) or join one by code, speak a WAV file into it or only "
+        "listen, and print the other members' speech translated into your language as it arrives.",
+        epilog="Exit codes: 0 done, 1 the room was refused (no such room, full...), 2 bad arguments or audio file, "
+        "3 scheduler unreachable or connection lost, 130 interrupted.",
+    )
+    actions = room.add_subparsers(dest="room_action", required=True, metavar="create|join")
+    for action in ("create", "join"):
+        sub = actions.add_parser(action, help=f"{action} a room")
+        if action == "join":
+            sub.add_argument("code", help="the room's 6-digit code")
+        sub.add_argument("--lang", required=True, metavar="LANG", help="your language: you speak and hear it")
+        sub.add_argument("--name", metavar="NAME", help="your display name in the room")
+        sub.add_argument("--file", type=Path, metavar="WAV", help="speech to say (WAV or .pcm/.raw); default: listen")
+        sub.add_argument("--realtime", action="store_true", help="speak at the pace of speech")
+        sub.add_argument(
+            "--listen",
+            type=float,
+            metavar="SECONDS",
+            help="how long to stay once the file is said (default: until interrupted or the room expires)",
+        )
+        sub.add_argument("--json", action="store_true", help="print one JSON object per event")
+        _scheduler_argument(sub, many=True)
+        sub.set_defaults(func=room_command)
 
     status = subparsers.add_parser(
         "status",
@@ -148,6 +175,43 @@ async def _translate(options: Any, as_json: bool) -> int:
         reporter.close()
     reporter.finished(summary)
     return EXIT_FAILED_UTTERANCES if summary.errors or summary.never_dispatched else EXIT_OK
+
+
+def room_command(args: argparse.Namespace) -> int:
+    """``dragoman room create|join``."""
+    from dragoman.client.endpoints import default_schedulers, session_url
+    from dragoman.client.room import RoomOptions
+
+    name = f"dragoman room {args.room_action}"
+    code = getattr(args, "code", None)
+    if code is not None and not (code.isdigit() and len(code) == 6):
+        return _fail(name, f"a room code is 6 digits (got {code!r})", EXIT_USAGE)
+    if args.listen is not None and args.listen < 0:
+        return _fail(name, "--listen must not be negative", EXIT_USAGE)
+    try:
+        urls = [session_url(u) for u in args.scheduler or default_schedulers()]
+    except ValueError as exc:
+        return _fail(name, str(exc), EXIT_USAGE)
+    options = RoomOptions(
+        urls=urls,
+        lang=args.lang,
+        code=code,
+        name=args.name,
+        file=args.file,
+        realtime=args.realtime,
+        listen=args.listen,
+        as_json=args.json,
+    )
+    return _run(name, lambda: _room(options))
+
+
+async def _room(options: Any) -> int:
+    from dragoman.client.room import RoomRefused, run_room
+
+    try:
+        return await run_room(options)
+    except RoomRefused as exc:
+        return _fail(f"dragoman room {'join' if options.code else 'create'}", str(exc), EXIT_FAILED_UTTERANCES)
 
 
 def status_command(args: argparse.Namespace) -> int:

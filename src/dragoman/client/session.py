@@ -104,9 +104,16 @@ class _DeliveredSlots:
         return True
 
 
+#: Room messages (§13.2): replies to the room methods, changes of the room, relayed WebRTC signalling.
+RoomEvent = (
+    p.RoomCreateAck | p.RoomMembers | p.RoomError | p.RoomExpired | p.RelayedOffer | p.RelayedAnswer | p.RelayedIce
+)
 #: What iterating a ``SessionClient`` yields. ``UiEvent`` only if asked for, ``ClientAsrPartial`` unless
-#: turned off. ``server_heartbeat`` and ``session_close_ack`` are handled inside.
-SessionEvent = p.TranslationResult | p.MissingResult | p.Error | p.ClientAsrPartial | p.UiEvent | Reconnected
+#: turned off. ``server_heartbeat`` and ``session_close_ack`` are handled inside. In a room, results of
+#: the other members' speech carry the speaker's ``session_id``.
+SessionEvent = (
+    p.TranslationResult | p.MissingResult | p.Error | p.ClientAsrPartial | p.UiEvent | Reconnected | RoomEvent
+)
 #: The outcome messages: exactly one per utterance (§12.2), plus ``error`` replies to bad messages.
 OUTCOME_TYPES: Final = (p.TranslationResult, p.MissingResult, p.Error)
 
@@ -119,6 +126,13 @@ _ServerMessage = (
     | p.UiEvent
     | p.ServerHeartbeat
     | p.SessionCloseAck
+    | p.RoomCreateAck
+    | p.RoomMembers
+    | p.RoomError
+    | p.RoomExpired
+    | p.RelayedOffer
+    | p.RelayedAnswer
+    | p.RelayedIce
 )
 _decode_server = msgspec.json.Decoder(_ServerMessage).decode
 
@@ -138,6 +152,13 @@ _KNOWN_TYPES: Final = frozenset(
         "ui_event",
         "server_heartbeat",
         "session_close_ack",
+        "room_create_ack",
+        "room_members",
+        "room_error",
+        "room_expired",
+        "webrtc_offer",
+        "webrtc_answer",
+        "webrtc_ice",
     }
 )
 
@@ -279,6 +300,9 @@ class SessionClient:
         self.send_timestamps = send_timestamps
         #: Server time (ms) of the last ``server_heartbeat``.
         self.last_server_heartbeat_ms: int | None = None
+        #: The room the session is in (its code) and its members, as the last room message said.
+        self.room_code: str | None = None
+        self.room_members: list[p.Participant] = []
         self._link: _Link | None = None
         self._seq = 0
         self._connected = asyncio.Event()
@@ -447,6 +471,55 @@ class SessionClient:
         self._unanswered[index] = build
         await self._send(build)
 
+    # -- rooms (§13) ----------------------------------------------------------------------------------
+    # The replies (room_create_ack, room_members, room_error...) come in the event stream.
+
+    async def create_room(self, preferred_lang: str | None = None, display_name: str | None = None) -> None:
+        """Create a room with this session as its first member; ``preferred_lang``: the language this member
+        receives the others' speech in."""
+        msg = p.RoomCreate(client_ts=now_ms(), display_name=display_name, preferred_lang=preferred_lang)
+        await self._send(lambda: msg)
+
+    async def join_room(
+        self, room_code: str, preferred_lang: str | None = None, display_name: str | None = None
+    ) -> None:
+        msg = p.RoomJoin(room_code=room_code, display_name=display_name, preferred_lang=preferred_lang)
+        await self._send(lambda: msg)
+
+    async def leave_room(self, room_code: str | None = None) -> None:
+        """Leave the room (by default the one the session is in)."""
+        code = room_code or self.room_code
+        if code is None:
+            raise SessionClosedError("the session is in no room")
+        await self._send(lambda: p.RoomLeave(room_code=code))
+        if code == self.room_code:
+            self.room_code, self.room_members = None, []
+
+    async def set_raw_voice(self, target_session_id: str, receive: bool) -> None:
+        """Whether this member receives the raw (WebRTC) voice of another member."""
+        code = self.room_code
+        if code is None:
+            raise SessionClosedError("the session is in no room")
+        msg = p.RoomRawVoicePreference(room_code=code, target_session_id=target_session_id, receive_raw_voice=receive)
+        await self._send(lambda: msg)
+
+    async def send_webrtc(self, kind: str, to: str, payload: Any) -> None:
+        """WebRTC signalling for another member, relayed by the scheduler: ``kind`` ``"offer"`` or ``"answer"``
+        (``payload`` is the RTCSessionDescriptionInit) or ``"ice"`` (the candidate)."""
+        code = self.room_code
+        if code is None:
+            raise SessionClosedError("the session is in no room")
+        msg: p.RoomMessage
+        if kind == "offer":
+            msg = p.WebrtcOffer(room_code=code, to=to, sdp=payload)
+        elif kind == "answer":
+            msg = p.WebrtcAnswer(room_code=code, to=to, sdp=payload)
+        elif kind == "ice":
+            msg = p.WebrtcIce(room_code=code, to=to, candidate=payload)
+        else:
+            raise ValueError(f"kind must be offer, answer or ice, not {kind!r}")
+        await self._send(lambda: msg)
+
     async def _send(self, build: Callable[[], p.Inbound]) -> None:
         while True:
             if self._failure is not None:
@@ -511,6 +584,11 @@ class SessionClient:
                 self._close_ack.set_result(None)
         elif isinstance(msg, p.SessionInitAck):
             log.warning("unexpected session_init_ack for %s", msg.session_id)
+        elif isinstance(msg, p.RoomCreateAck | p.RoomMembers | p.RoomExpired):
+            if isinstance(msg, p.RoomMembers):
+                self.room_members = msg.members
+            self.room_code = None if isinstance(msg, p.RoomExpired) else msg.room_code
+            self._events.put_nowait(msg)
         elif isinstance(msg, p.UiEvent):
             if self.ui_events:
                 self._events.put_nowait(msg)
@@ -518,9 +596,11 @@ class SessionClient:
             if self.asr_partials:
                 self._events.put_nowait(msg)
         elif isinstance(msg, p.TranslationResult | p.MissingResult):
-            # Outcomes come in index order: every utterance up to this one is answered.
-            for index in [i for i in self._unanswered if i <= msg.utterance_index]:
-                del self._unanswered[index]
+            # Outcomes come in index order: every utterance up to this one is answered (a room member's
+            # results carry the speaker's session).
+            if msg.session_id == self.session_id:
+                for index in [i for i in self._unanswered if i <= msg.utterance_index]:
+                    del self._unanswered[index]
             # After a resume that follows a scheduler crash, outcomes released just before it may come again
             # (ARCHITECTURE.md, "Delivery marks and crashes"): each slot's outcome is passed on once.
             if self._delivered.add(msg.session_id, msg.utterance_index):

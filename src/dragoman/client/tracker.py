@@ -62,6 +62,8 @@ class OutcomeTracker:
                 self.resolved.clear()
                 self.failing.clear()
             return None
+        if not isinstance(event, p.TranslationResult | p.MissingResult | p.Error):
+            return None  # room messages
         self.counts[outcome_type(event)] += 1
         if isinstance(event, p.Error):
             candidates = self.failing - self.resolved

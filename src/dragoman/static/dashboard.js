@@ -118,6 +118,7 @@ function render(state) {
   $("t-free").textContent = t.free;
   $("t-waiting").textContent = t.waiting;
   $("t-sessions").textContent = t.sessions;
+  $("t-rooms").textContent = `${t.rooms} / ${t.room_members}`;
   fillTable("instances", state.instances.map((i) => [
     i.instance_id, i.version, uptime(i.uptime_s), i.online ? "yes" : "no", i.sessions, i.nodes_owned, i.inbox_length,
   ]));

@@ -108,6 +108,20 @@ class Keys:
     def inbox(self, instance: str) -> str:
         return f"{self.prefix}:{{inbox:{instance}}}"
 
+    def room(self, room: str) -> str:
+        return f"{self.prefix}:{{room:{room}}}"
+
+    def room_members(self, room: str) -> str:
+        return f"{self.prefix}:{{room:{room}}}:members"
+
+    def room_code(self, code: str) -> str:
+        return f"{self.prefix}:{{roomcode:{code}}}"
+
+    @property
+    def rooms(self) -> str:
+        """The sweep's index of live rooms: room id -> a lower bound of its last activity (ms)."""
+        return f"{self.prefix}:{{rooms}}"
+
     def node_cell(self, node: str) -> int:
         return spread(node, self.cells)
 

@@ -74,8 +74,21 @@ class Partial(msgspec.Struct, frozen=True, tag_field="a", tag="partial"):
     raw: str
 
 
+class RoomFrame(msgspec.Struct, frozen=True, tag_field="a", tag="room_frame"):
+    """A frame for room members held by another instance, one post for all of them (room_members,
+    room_expired, a WebRTC relay, a room result). ``room``: the room as this frame leaves it for the members
+    (its id, code, version and members, as JSON), "" when they are no longer in a room, None when it does not
+    change. ``only_in``: a room id; a member no longer in that room when the frame arrives does not get it
+    (a room result, a relay)."""
+
+    sessions: list[str]
+    frame: str
+    room: str | None = None
+    only_in: str = ""
+
+
 Action = Assign | Cancel | Outcome | DropNode  # what scripts return
-Routed = Assign | Cancel | Outcome | DropNode | Notify | Partial  # what one instance may post to another
+Routed = Assign | Cancel | Outcome | DropNode | Notify | Partial | RoomFrame  # what one instance may post to another
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -189,6 +202,57 @@ class ClaimReply(_Reply, frozen=True):
     previous_owner: str
 
 
+class RoomReply(_Reply, frozen=True):
+    """The reply of every room script (room_*.lua): what happened, the room's code, its members as JSON."""
+
+    status: Literal[
+        "created",
+        "exists",
+        "joined",
+        "not_found",
+        "already",
+        "full",
+        "left",
+        "deleted",
+        "not_member",
+        "updated",
+        "touched",
+        "expired",
+        "active",
+    ]
+    code: str
+    members: list[str] = []
+    active_ms: int = 0
+    version: int = 0  # counts the room's changes
+
+
+class ReleasedReply(_Reply, frozen=True):
+    released: bool
+
+
+class RoomMember(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A room member as the store keeps it: lingua's Participant fields (§3) plus the instance that holds
+    the member's socket (where its frames go)."""
+
+    session_id: str
+    joined_at: str
+    instance: str
+    display_name: str | None = None
+    preferred_lang: str | None = None
+    raw_voice_preferences: dict[str, bool] = {}
+
+
+class RoomState(msgspec.Struct, frozen=True):
+    """A room script's outcome, members decoded."""
+
+    status: str
+    room_id: str
+    code: str
+    members: list[RoomMember]
+    active_ms: int = 0
+    version: int = 0
+
+
 # -- what the store hands to the scheduler ------------------------------------------------------------
 
 
@@ -207,6 +271,8 @@ class JobSpec(msgspec.Struct, frozen=True):
     body: bytes
     result_ttl_ms: int
     prefer: tuple[str, ...] = ()  # preferred nodes, in order: the turn's (MUST), the session's (SHOULD)
+    guard: bool = False  # the utterance has several jobs (a room): they go to pairwise different nodes (N5)
+    room: bool = False  # delivered to a room's listeners, not to the session (so not kept for a resume)
 
 
 class Created(msgspec.Struct, frozen=True):
@@ -259,6 +325,8 @@ class SessionSnapshot(msgspec.Struct, frozen=True):
     trace: str
     delivered: int  # outcomes up to this index were delivered
     jobs: list[tuple[int, str, JobRecord | None]]  # (index, job id, record or None if gone) past ``delivered``
+    room: str = ""  # the room it was in when its socket closed ("" = none)
+    member: bytes = b""  # its RoomMember record there (JSON), to rejoin with
 
 
 class NodeRecord(msgspec.Struct, frozen=True):

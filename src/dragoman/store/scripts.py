@@ -31,7 +31,19 @@ CELL_SCRIPTS = (
     "adopt_job",
     "finish_move",
 )
-OTHER_SCRIPTS = ("announce_instance", "take_instances", "claim_session")
+OTHER_SCRIPTS = (
+    "announce_instance",
+    "take_instances",
+    "claim_session",
+    "room_create",
+    "room_join",
+    "room_leave",
+    "room_raw_voice",
+    "room_touch",
+    "room_expire",
+    "room_code_release",
+    "room_drop_instance",
+)
 
 
 def _source(name: str) -> str:

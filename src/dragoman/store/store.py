@@ -43,8 +43,12 @@ from dragoman.store.records import (
     ProbeReply,
     ReconcileReply,
     RegisterReply,
+    ReleasedReply,
     Repair,
     ResultReply,
+    RoomMember,
+    RoomReply,
+    RoomState,
     Routed,
     SessionSnapshot,
     SettleReply,
@@ -235,6 +239,7 @@ class Store:
                 mode,
                 "1" if must_place else "0",
                 cell,
+                ("g" if spec.guard else "") + ("r" if spec.room else ""),
                 *prefer,
             ],
             CreateReply,
@@ -530,12 +535,139 @@ class Store:
         jobs: list[tuple[int, str, JobRecord | None]] = []
         for (job_id, cell), index in members:
             jobs.append((index, job_id, await self.get_job(job_id, None if cell < 0 else cell)))
-        return SessionSnapshot(record[b"init"], _s(record[b"trace"]), delivered, jobs)
+        room, member = _s(record.get(b"room", b"")), record.get(b"member", b"")
+        return SessionSnapshot(record[b"init"], _s(record[b"trace"]), delivered, jobs, room, member)
 
     async def session_owner(self, session: str) -> str:
         async with self._connection():
             owner = await self.client.hget(self.keys.session(session), "owner")
         return _s(owner) if owner else ""
+
+    async def set_session_room(self, session: str, room: str, member: bytes) -> None:
+        """Note in the session's record the room it is in ("" = none) and its member record there, so that a
+        resume brings it back into the room."""
+        key = self.keys.session(session)
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping={"room": room, "member": member})
+            pipe.pexpire(key, self.settings.resume_grace_ms)  # never a record without its TTL
+            await pipe.execute()
+
+    # -- rooms ------------------------------------------------------------------------------------
+
+    async def _room(self, name: str, room: str, args: list[Any]) -> RoomState:
+        k = self.keys
+        reply = await self._script(name, [k.room(room), k.room_members(room)], args, RoomReply)
+        members = [msgspec.json.decode(m, type=RoomMember) for m in reply.members]
+        return RoomState(reply.status, room, reply.code, members, reply.active_ms, reply.version)
+
+    def _room_keep_ms(self) -> int:
+        """A room's keys outlive its idle expiry by two sweeps: the sweep deletes them, the TTL only
+        catches what a crash left behind."""
+        return self.settings.room_idle_ms + 2 * self.settings.room_check_interval_ms
+
+    async def claim_room_code(self, code: str, room: str) -> bool:
+        """Reserve a room code for a new room (SET NX): False when a live room has it."""
+        async with self._connection():
+            return bool(await self.client.set(self.keys.room_code(code), room, nx=True, px=self._room_keep_ms()))
+
+    async def room_of_code(self, code: str) -> str | None:
+        async with self._connection():
+            room = await self.client.get(self.keys.room_code(code))
+        return _s(room) if room else None
+
+    async def create_room(self, room: str, code: str, member: RoomMember) -> RoomState:
+        state = await self._room(
+            "room_create", room, [now_ms(), code, member.session_id, msgspec.json.encode(member), self._room_keep_ms()]
+        )
+        if state.status == "created":
+            async with self._connection():
+                await self.client.zadd(self.keys.rooms, {room: now_ms()})
+        return state
+
+    async def join_room(self, room: str, member: RoomMember, rejoin: bool = False) -> RoomState:
+        args = [now_ms(), member.session_id, msgspec.json.encode(member), self.settings.room_max_members]
+        state = await self._room("room_join", room, [*args, self._room_keep_ms(), "1" if rejoin else "0"])
+        if state.status == "joined":  # a join is activity: the code lives as long as the room
+            async with self._connection():
+                await self.client.pexpire(self.keys.room_code(state.code), self._room_keep_ms())
+        return state
+
+    async def leave_room(self, room: str, session: str) -> RoomState:
+        state = await self._room("room_leave", room, [session])
+        if state.status == "deleted":
+            await self._forget_room(room, state.code)
+        return state
+
+    async def set_raw_voice(self, room: str, session: str, target: str, receive: bool) -> RoomState:
+        return await self._room("room_raw_voice", room, [session, target, "1" if receive else "0"])
+
+    async def touch_room(self, room: str) -> RoomState:
+        """The room is active now; its code's lookup is kept as long as the room."""
+        state = await self._room("room_touch", room, [now_ms(), self._room_keep_ms()])
+        if state.code:
+            async with self._connection():
+                await self.client.pexpire(self.keys.room_code(state.code), self._room_keep_ms())
+        return state
+
+    async def expire_rooms(self, limit: int = 256) -> list[RoomState]:
+        """The sweep: every room idle for ``room_idle_ms`` is deleted (returned with the members it had);
+        a room found active is looked at again when its last activity is that old. Bounded per call."""
+        k = self.keys
+        now = now_ms()
+        idle = self.settings.room_idle_ms
+        async with self._connection():
+            due: list[bytes] = await self.client.zrangebyscore(  # type: ignore[assignment]
+                k.rooms, "-inf", now - idle, start=0, num=limit
+            )
+        expired: list[RoomState] = []
+        for raw in due:
+            room = _s(raw)
+            state = await self._room("room_expire", room, [now, idle])
+            if state.status == "active":
+                async with self._connection():
+                    await self.client.zadd(k.rooms, {room: state.active_ms})
+                continue
+            await self._forget_room(room, state.code)
+            if state.status == "expired":
+                expired.append(state)
+        return expired
+
+    async def drop_instance_members(self, instance: str) -> list[RoomState]:
+        """A dead instance's members leave every room (rare: a takeover; one script per live room). Returns
+        the rooms they left that still have members."""
+        async with self._connection():
+            ids: list[bytes] = await self.client.zrange(self.keys.rooms, 0, -1)  # type: ignore[assignment]
+        left: list[RoomState] = []
+        for raw in ids:
+            room = _s(raw)
+            state = await self._room("room_drop_instance", room, [instance])
+            if state.status in ("deleted", "not_found"):
+                await self._forget_room(room, state.code)
+            elif state.status == "left":
+                left.append(state)
+        return left
+
+    async def _forget_room(self, room: str, code: str) -> None:
+        """A deleted room leaves the sweep's index and frees its code."""
+        k = self.keys
+        async with self._connection():
+            await self.client.zrem(k.rooms, room)
+        if code:
+            await self._script("room_code_release", [k.room_code(code)], [room], ReleasedReply)
+
+    async def room_counts(self) -> tuple[int, int]:
+        """(live rooms, their members), for the HTTP views; one pipelined round trip per 256 rooms."""
+        k = self.keys
+        async with self._connection():
+            ids: list[bytes] = await self.client.zrange(k.rooms, 0, -1)  # type: ignore[assignment]
+        rooms = [_s(r) for r in ids]
+        members = 0
+        for start in range(0, len(rooms), 256):
+            async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+                for room in rooms[start : start + 256]:
+                    pipe.hlen(k.room_members(room))
+                members += sum(int(n) for n in await pipe.execute())
+        return len(rooms), members
 
     # -- instance inboxes -------------------------------------------------------------------------
 
@@ -708,6 +840,7 @@ class Store:
                 job.get("created_ms", "0"),
                 job.get("ttl", "60000"),
                 job.get("data", ""),
+                job.get("guard", ""),
             ],
             AdoptReply,
         )

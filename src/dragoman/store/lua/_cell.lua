@@ -69,10 +69,12 @@ end
 -- (the current node's load unit and group), session, index, tgt, pair, pair2, turn, trace, owner,
 -- created_ms, dispatched_ms, ttl, seq (FIFO order while waiting), data (the job_assign while unresolved,
 -- the outcome once resolved), result_of ("node attempt" of the accepted result), resolved_ms, mark,
+-- guard ('1': the utterance has several jobs, one per target language of a room, see below),
 -- and while moving: move_to, pending_until.
 -- The fields of a job record that the helpers use, by name.
 local JOB_FIELDS = {'state', 'attempt', 'nodes', 'node', 'nunit', 'ngrp', 'session', 'index', 'tgt', 'pair',
-                    'pair2', 'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl', 'seq', 'result_of'}
+                    'pair2', 'turn', 'trace', 'owner', 'created_ms', 'dispatched_ms', 'ttl', 'seq', 'result_of',
+                    'guard'}
 
 local function load_job(job_id)
   local jk = key('job', job_id)
@@ -99,10 +101,23 @@ local function rescore(node, grp, cap)
   redis.call('ZADD', key('grp', grp), 'XX', inflight * unit(cap), node)
 end
 
--- Which nodes a job must not get: every node that already had an attempt of it (N4/N5).
+-- A room utterance has one job per target language, all with the same (session_id, utterance_index),
+-- which lingua's node accepts only once (N5): such jobs (guard '1') record every node they are given in
+-- the utterance's guard set `utt:<session>:<index>`, and no job of the utterance goes to a node in it.
+-- Nodes live in one cell each, so a guard set in the job's cell covers every node the job could get.
+-- Jobs of one-job utterances skip it (no extra command on that path).
+local function utterance_guard(j)
+  return key('utt', j.session, j.index)
+end
+
+-- Which nodes a job must not get: every node that already had an attempt of it (N4/N5), and for a
+-- guarded job every node that had a job of its utterance.
 local function excluded_nodes(j)
   local excluded = {}
   for _, n in ipairs(split(j.nodes)) do excluded[n] = true end
+  if j.guard == '1' then
+    for _, n in ipairs(redis.call('SMEMBERS', utterance_guard(j))) do excluded[n] = true end
+  end
   return excluded
 end
 
@@ -205,6 +220,10 @@ local function assign(j, chosen, with_frame, extra)
   if j.state == 'pending' then unwait(j) end
   redis.call('SADD', key('node', node, 'jobs'), j.id)
   redis.call('ZADD', key('grp', chosen.grp), 'XX', 'INCR', u, node)
+  if j.guard == '1' then
+    redis.call('SADD', utterance_guard(j), node)
+    redis.call('PEXPIRE', utterance_guard(j), BINDING_TTL)
+  end
   j.attempt, j.node, j.nodes, j.state, j.nunit, j.ngrp = attempt, node, nodes, 'dispatched', u, chosen.grp
   j.dispatched_ms = NOW
   trace(j, {e = 'assigned', node = node, attempt = attempt, instance = chosen.instance})

@@ -12,7 +12,10 @@
 --          'reserve' (create-or-get the slot only: a preferred node is in another cell) or 'bound' (the home
 --          cell bound the slot to this job already; create the record here)
 -- ARGV[19] '1': place it now or store nothing (reply 'no_room'); '0': wait here if no node has room
--- ARGV[20] this cell's number   ARGV[21..] preferred nodes, in order (turn node, session node)
+-- ARGV[20] this cell's number
+-- ARGV[21] flags: 'g' the utterance has several jobs (a room: the utterance guard applies, see _cell.lua);
+--          'r' a room job (delivered to the room's listeners: not in the session's index for a resume)
+-- ARGV[22..] preferred nodes, in order (turn node, session node)
 -- Reply {v, status = 'created'|'existing'|'no_room', job_id, cell, state, actions}. 'existing': the slot
 -- is bound to job_id in cell `cell` (-1 while its home cell has not placed it). 'assign' actions carry no
 -- frame: the caller sent it. Keys of the chosen node are built from KEYS[1]'s tag (see _cell.lua).
@@ -26,7 +29,8 @@ if ARGV[18] ~= 'bound' then
     if tonumber(at) == cell then state = redis.call('HGET', key('job', id), 'state') or 'expired' end
     return reply({status = 'existing', job_id = id, cell = tonumber(at), state = state, actions = {}})
   end
-  if owner ~= '' then  -- a session's job: indexed so that a resumed session finds what it missed
+  -- a session's own job: indexed so that a resumed session finds what it missed
+  if owner ~= '' and not string.find(ARGV[21], 'r', 1, true) then
     redis.call('ZADD', index_key, tonumber(ARGV[8]), job_id .. '@' .. cell)
     redis.call('PEXPIRE', index_key, BINDING_TTL)
   end
@@ -36,9 +40,10 @@ if ARGV[18] ~= 'bound' then
 end
 local j = {id = job_id, k = jk, state = 'new', attempt = 0, nodes = '', node = '', session = ARGV[7],
            index = ARGV[8], tgt = ARGV[9], pair = ARGV[11], pair2 = ARGV[12], turn = ARGV[13], trace = ARGV[14],
-           owner = owner, created_ms = NOW, dispatched_ms = '', ttl = ARGV[17], seq = ''}
+           owner = owner, created_ms = NOW, dispatched_ms = '', ttl = ARGV[17], seq = '',
+           guard = string.find(ARGV[21], 'g', 1, true) and '1' or ''}
 local prefer = {}
-for i = 21, #ARGV do prefer[#prefer + 1] = ARGV[i] end
+for i = 22, #ARGV do prefer[#prefer + 1] = ARGV[i] end
 local chosen = pick(j, prefer)
 if not chosen and ARGV[19] == '1' then
   return reply({status = 'no_room', job_id = job_id, cell = cell, state = '', actions = {}})
@@ -46,6 +51,7 @@ end
 local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.pair, 'pair2', j.pair2,
                 'turn', j.turn, 'trace', j.trace, 'owner', owner, 'created_ms', NOW, 'ttl', j.ttl,
                 'data', ARGV[16]}
+if j.guard == '1' then record[#record + 1] = 'guard'; record[#record + 1] = '1' end  -- only room jobs carry it
 local actions = {}
 trace(j, {e = 'created', pair = j.pair, session = j.session, index = tonumber(j.index), trace = j.trace})
 if chosen then

@@ -1,0 +1,25 @@
+-- room_drop_instance: an instance died (taken over): its members are gone from the room, as if their sockets
+-- had closed; the room is deleted when nobody is left.
+-- KEYS[1] the room record   KEYS[2] its members
+-- ARGV[1] the dead instance's id
+-- Reply {v, status = 'left'|'deleted'|'not_member'|'not_found', code, members, version}: 'not_member' when the
+-- instance held none of its members.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return cmsgpack.pack({v = 1, status = 'not_found', code = '', members = {}})
+end
+local code = redis.call('HGET', KEYS[1], 'code')
+local dropped = 0
+local rows = redis.call('HGETALL', KEYS[2])
+for i = 1, #rows, 2 do
+  if cjson.decode(rows[i + 1]).instance == ARGV[1] then
+    redis.call('HDEL', KEYS[2], rows[i])
+    dropped = dropped + 1
+  end
+end
+if dropped == 0 then return cmsgpack.pack({v = 1, status = 'not_member', code = code, members = {}}) end
+if redis.call('HLEN', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return cmsgpack.pack({v = 1, status = 'deleted', code = code, members = {}})
+end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+return cmsgpack.pack({v = 1, status = 'left', code = code, members = redis.call('HVALS', KEYS[2]), version = version})
