@@ -73,12 +73,12 @@ async def test_dashboard_shows_a_node_a_job_and_its_trace_and_survives_a_store_r
     expect = playwright_api.expect
 
     await page.goto(f"{instance.http}/dashboard")
-    await expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+    await expect(page.locator("#status")).to_have_text("live", timeout=20_000)
 
     async with LinguaNode(instance.node_url) as node, LinguaWebClient(instance.session_url) as client:
         node_id = await node.start()
         nodes = page.locator("#nodes tbody")
-        await expect(nodes).to_contain_text(node_id, timeout=10_000)
+        await expect(nodes).to_contain_text(node_id, timeout=20_000)
         await expect(nodes).to_contain_text("zh en → zh en")
         await expect(page.locator("#pairs tbody")).to_contain_text("zh:en")
 
@@ -86,16 +86,16 @@ async def test_dashboard_shows_a_node_a_job_and_its_trace_and_survives_a_store_r
         await client.chunk(voiced_chunk())
         await client.chunk(voiced_chunk(), is_final=True)
         job = await node.next_job()
-        await expect(page.locator("#t-load")).to_have_text("1 / 4", timeout=10_000)  # the job runs
+        await expect(page.locator("#t-load")).to_have_text("1 / 4", timeout=20_000)  # the job runs
         await node.result(job, text_translated="hello")
         (outcome,) = await client.outcomes(1)
         assert outcome["type"] == "translation_result"
 
         link = page.locator("#jobs a", has_text=job["job_id"])
-        await expect(link).to_be_visible(timeout=10_000)
+        await expect(link).to_be_visible(timeout=20_000)
         await link.click()
         trace = page.locator("#trace")
-        await expect(trace).to_contain_text("outcome completed", timeout=10_000)
+        await expect(trace).to_contain_text("outcome completed", timeout=20_000)
         for step in ("cut", "created", "assigned", "result", "delivered"):
             await expect(trace).to_contain_text(step)
         await expect(trace).to_contain_text(node_id)
@@ -103,15 +103,15 @@ async def test_dashboard_shows_a_node_a_job_and_its_trace_and_survives_a_store_r
         await page.select_option("#trace-kind", "traces")
         await page.fill("#trace-id", str(client.trace_id))
         await page.click("#trace-form button")
-        await expect(trace).to_contain_text(f"session {client.session_id}: 1 utterance", timeout=10_000)
+        await expect(trace).to_contain_text(f"session {client.session_id}: 1 utterance", timeout=20_000)
         await expect(trace).to_contain_text(job["job_id"])
 
         await own_store.stop()
-        await expect(page.locator("#status")).to_have_text("store unavailable", timeout=10_000)
+        await expect(page.locator("#status")).to_have_text("store unavailable", timeout=20_000)
         await own_store.start()  # same data directory: the node's record comes back with it
-        await expect(page.locator("#status")).to_have_text("live", timeout=15_000)
+        await expect(page.locator("#status")).to_have_text("live", timeout=30_000)
         await node.heartbeat()
-        await expect(nodes).to_contain_text(node_id, timeout=10_000)
-        await expect(page.locator("#t-load")).to_have_text("0 / 4", timeout=10_000)
+        await expect(nodes).to_contain_text(node_id, timeout=20_000)
+        await expect(page.locator("#t-load")).to_have_text("0 / 4", timeout=20_000)
 
-    assert errors == []
+    assert errors == [], errors
