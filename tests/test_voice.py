@@ -4,13 +4,14 @@ generated signals, and from packets built by hand for the framing cases."""
 from __future__ import annotations
 
 import fractions
+import random
 from collections import Counter
 
 import av
 import pytest
 
 from dragoman.opus import encode_plan_a
-from dragoman.voice import Activity, _RangeDecoder, packet_activity
+from dragoman.voice import Activity, _RangeDecoder, _silk_frame_activity, _single_frame_activity, packet_activity
 
 from signals import mix, noise, silence, speechlike
 
@@ -155,3 +156,12 @@ def test_packets_of_several_silk_frames_and_stereo_use_the_flags_alone() -> None
     stereo = SILK_WB_20MS | 0x04
     assert packet_activity(bytes([stereo]) + UNVOICED_FRAME, SILENCE_MAX) is Activity.VOICED
     assert packet_activity(bytes([stereo]) + SILENT_FRAME, SILENCE_MAX) is Activity.SILENT
+
+
+def test_the_inlined_decoder_agrees_with_the_general_one() -> None:
+    rng = random.Random(7)
+    tocs = [config << 3 for config in (0, 1, 4, 5, 8, 9, 12, 13, 14, 15)]  # code 0, mono, one SILK frame
+    packets = [bytes([rng.choice(tocs)]) + rng.randbytes(rng.randrange(0, 80)) for _ in range(20_000)]
+    packets += encode_plan_a(mix(speechlike(2000), noise(2000, -40)))
+    for packet in packets:
+        assert _single_frame_activity(packet) == _silk_frame_activity(packet[1:], 1, False), packet.hex()

@@ -165,13 +165,53 @@ def _silk_frame_activity(frame: bytes, silk_frames: int, stereo: bool) -> Activi
     return Activity.VOICED if voiced else Activity.ACTIVE
 
 
+def _single_frame_activity(packet: bytes) -> Activity:
+    """``_silk_frame_activity`` for the packet every client sends (one mono frame with one SILK frame: code 0,
+    10 or 20 ms), decoded in place: the same three symbols with the range decoder inlined, since the scheduler
+    reads every packet of every stream (about 2× faster than the general path; the tests compare the two)."""
+    n = len(packet)
+    if n <= 2:  # a frame of 0 or 1 bytes is lost (DTX)
+        return Activity.SILENT
+    pos = 2
+    rng = 128
+    rem = packet[1]
+    val = rng - 1 - (rem >> 1)
+    symbols = 0
+    while True:
+        while rng <= _CODE_BOT:
+            rng <<= 8
+            sym = rem
+            rem = packet[pos] if pos < n else 0
+            pos += 1
+            sym = ((sym << 8) | rem) >> 1
+            val = ((val << 8) + (0xFF & ~sym)) & _CODE_MASK
+        if symbols == 2:  # the frame type, from its inverse cumulative table
+            r = rng >> 8
+            return Activity.VOICED if val < r * _TYPE_WITH_VOICE_ICDF[1] else Activity.ACTIVE
+        s = rng >> 1  # a bit of probability 1/2: the voice-activity flag, then the LBRR flag
+        bit = val < s
+        if bit:
+            rng = s
+        else:
+            val -= s
+            rng -= s
+        if symbols == 0 and not bit:
+            return Activity.SILENT
+        if symbols == 1 and bit:
+            return Activity.VOICED  # LBRR frames come before the type: take the flag alone
+        symbols += 1
+
+
 def packet_activity(packet: bytes, silence_packet_max_bytes: int) -> Activity:
     """The voice activity of one Opus packet: the most active of its frames."""
     if not packet:
         return Activity.SILENT
-    config = packet[0] >> 3
+    toc = packet[0]
+    config = toc >> 3
     if config >= 16:  # CELT-only: no flag in the bitstream (see the module's docstring)
         return Activity.VOICED if len(packet) > silence_packet_max_bytes else Activity.SILENT
+    if toc & 0x07 == 0 and (config >= 12 or config % 4 < 2):  # code 0, mono, one SILK frame
+        return _single_frame_activity(packet)
     frames = _frames(packet)
     if frames is None:  # the node cannot decode it either
         return Activity.SILENT
