@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as redis
+from rich.console import Console
+from rich.progress import Progress
 from websockets.asyncio.client import connect
 
 
@@ -185,6 +187,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         start = time.monotonic()
         per_session = -(-args.utterances // args.sessions)
         count = 0
+        progress = Progress(console=Console(stderr=True), transient=True)
+        progress.start()
+        sending = progress.add_task("utterances sent", total=args.utterances)
         for index in range(per_session):
             for ws, session_id in sockets:
                 if count >= args.utterances:
@@ -204,10 +209,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 await ws.send(json.dumps(frame))
                 sent.append((session_id, index))
                 count += 1
+                progress.advance(sending)
         killing.cancel()
+        answered = progress.add_task("outcomes received", total=len(sent))
         deadline = time.monotonic() + args.job_timeout_ms / 1000 * 4 + 15
-        while time.monotonic() < deadline and sum(1 for key in sent if key in outcomes) < len(sent):
+        while time.monotonic() < deadline and (done := sum(1 for key in sent if key in outcomes)) < len(sent):
+            progress.update(answered, completed=done)
             await asyncio.sleep(0.2)
+        progress.stop()
         await asyncio.sleep(1.0)  # late duplicates, if any, would arrive now
         for task in receivers:
             task.cancel()

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 
 import httpx
+from rich.console import Console
 
 from dragoman import protocol as p
 from dragoman.bench import Plan, run_bench
@@ -168,8 +169,11 @@ async def main(args: argparse.Namespace) -> None:
     store_url = await store.start()
     try:
         plan = Plan(sessions=40, nodes=4, utterances=400, rate=0.0, duration=args.seconds, window=8, capacity=256)
-        report = {"throughput": await throughput(store_url, plan)}
-        report["instance_killed"] = await kill(store_url, args.seconds, args.rate, sessions=20)
+        console = Console(stderr=True)  # what runs now, on a terminal (the report goes to stdout)
+        with console.status(f"throughput, one instance then two: 2 × {args.seconds:g} s of load"):
+            report = {"throughput": await throughput(store_url, plan)}
+        with console.status(f"an instance killed under load: {args.seconds:g} s"):
+            report["instance_killed"] = await kill(store_url, args.seconds, args.rate, sessions=20)
         print(json.dumps(report, indent=2))
     finally:
         await store.stop()

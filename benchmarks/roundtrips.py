@@ -5,6 +5,8 @@ web client on loopback; streams N utterances through; reads ``INFO commandstats`
 The periodic tick and presence announcements are slowed down so that they do not pollute the count.
 
     python benchmarks/roundtrips.py [--utterances 200]
+
+Needs Dragoman with its test extra (the scripted peers live in tests/): pip install -e '.[test]'.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as redis
+from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -55,12 +58,16 @@ async def main(utterances: int) -> None:
             watcher = asyncio.create_task(watch_network(url, network, ready))
             await ready.wait()
             before = await commandstats(probe)
-            for _ in range(utterances):
-                await client.chunk(voiced_chunk())
-                await client.chunk(voiced_chunk(), is_final=True)
-                job = await node.next_job()
-                await node.result(job)
-                await client.outcomes(1)
+            with Progress(transient=True) as progress:
+                task = progress.add_task("utterances", total=utterances)
+                for _ in range(utterances):
+                    await client.chunk(voiced_chunk())
+                    await client.chunk(voiced_chunk(), is_final=True)
+                    job = await node.next_job()
+                    await node.result(job)
+                    await client.outcomes(1)
+                    progress.advance(task)
+            await asyncio.sleep(0.3)  # the trace steps written after delivery (every 100 ms) are counted too
             after = await commandstats(probe)
             await asyncio.sleep(0.2)
             watcher.cancel()
@@ -78,6 +85,8 @@ async def main(utterances: int) -> None:
         total = sum(network.values())
         print(f"commands over the network per utterance: {total / utterances:.2f}")
         print(f"script calls (one round trip each) per utterance: {network['evalsha'] / utterances:.2f}")
+        flushes = d.scheduler.traces.flushes
+        print(f"trace flushes (one pipelined round trip each): {flushes} ({flushes / utterances:.2f} per utterance)")
     finally:
         await probe.aclose()
         await d.stop()

@@ -101,7 +101,13 @@ async def test_openapi_document_describes_the_api(dragoman: StartDragoman) -> No
     async with httpx.AsyncClient(base_url=d.http) as http:
         doc = (await http.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/api/v1/jobs", "/api/v1/jobs/{job_id}"}
+    assert set(doc["paths"]) == {
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/trace",
+        "/api/v1/sessions/{session_id}/trace",
+        "/api/v1/traces/{trace_id}",
+    }
     request = doc["components"]["schemas"]["JobRequest"]
     assert {"src_lang", "tgt_lang", "audio"} <= set(request["required"])
 

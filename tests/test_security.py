@@ -485,7 +485,8 @@ async def test_sighup_rereads_the_token_file_and_secrets_are_never_logged(
     tokens = tmp_path / "node-tokens"
     tokens.write_text("rack1:first-secret\n")
     port = free_port()
-    env = {"DRAGOMAN_REDIS_URL": store_url, "DRAGOMAN_NODE_TOKENS_FILE": str(tokens)}
+    # With the access log on, uvicorn writes each WebSocket's path with its query: the secrets must be masked.
+    env = {"DRAGOMAN_REDIS_URL": store_url, "DRAGOMAN_NODE_TOKENS_FILE": str(tokens), "DRAGOMAN_ACCESS_LOG": "true"}
     async with serve(data_dir, port, DRAGOMAN_KEY_PREFIX=f"t-{uuid.uuid4().hex[:10]}", **env) as process:
         url = f"ws://127.0.0.1:{port}/ws/node?token="
         async with LinguaNode(url + "first-secret") as first:

@@ -13,11 +13,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from dragoman import http_api, metrics, views
+from dragoman import http_api, metrics, ops, views
 from dragoman import protocol as p
 from dragoman.admission import Admission, client_check, guarded, operator_check
 from dragoman.auth import Auth
 from dragoman.connection import Connection
+from dragoman.fleet import Fleet
 from dragoman.limits import ClientRates, RateLimitedLog
 from dragoman.nodes import NodeLink
 from dragoman.scheduler import Scheduler
@@ -57,11 +58,15 @@ async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIt
             yield text
 
 
+PUBLIC_PATHS = ("/", "/static/{name}")  # the landing page and the dashboard's files: no data in them
+
+
 def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
     """The app; ``auth`` (default: from the settings) is what ``dragoman serve`` reloads on SIGHUP."""
     limit = scheduler.settings.max_message_bytes
     settings = scheduler.settings
     admission = Admission(auth or Auth(settings), settings.max_connections_per_peer)
+    fleet = Fleet(scheduler)
 
     def connection(websocket: WebSocket, name: str) -> Connection:
         return Connection(websocket, name, max_unsent_bytes=settings.max_unsent_bytes)
@@ -157,9 +162,6 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
             return PlainTextResponse("OK")
         return PlainTextResponse("store unavailable", status_code=503)
 
-    async def metrics_text(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
-
     def operator(route: Route) -> Route:
         return Route(route.path, guarded(admission, operator_check, route.endpoint), methods=route.methods)
 
@@ -172,9 +174,13 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
         WebSocketRoute("/ws/session", session_socket),
         WebSocketRoute("/ws/node", node_socket),
         Route("/health", health),
-        operator(Route("/metrics", metrics_text)),
+        # The operator's views (metrics, dashboard and its live feed, traces) need the admin key once auth is on.
+        *(
+            route if route.path in ("/", "/static/{name}") else operator(route)
+            for route in ops.routes(scheduler, fleet)
+        ),
         *(for_clients(route) for route in http_api.routes(scheduler)),
-        *(operator(route) for route in views.routes(scheduler)),
+        *(operator(route) for route in views.routes(scheduler, fleet)),
     ]
     return Starlette(routes=routes)
 

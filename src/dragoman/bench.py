@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -173,7 +174,7 @@ async def _session(url: str, ordinal: int, plan: Plan, go: float, deadline: floa
         start = time.monotonic() + (ordinal / plan.rate if plan.rate else 0.0)
         frame = {"type": "audio_chunk", "session_id": session_id, "seq": 0, "is_final": False, "payload": CHUNK_B64}
         chunk, final = json.dumps(frame), json.dumps(frame | {"is_final": True})
-        for index in range(plan.utterances):
+        for index in range(plan.utterances) if plan.utterances else itertools.count():
             if time.time() > deadline:
                 break
             if interval:
@@ -216,7 +217,7 @@ def _run(main: Any) -> None:
 class Plan:
     sessions: int
     nodes: int
-    utterances: int
+    utterances: int  # per session, at most (0: as many as the duration allows)
     rate: float  # utterances per second in all (0: as fast as the window allows)
     duration: float
     window: int  # utterances in flight per session
@@ -308,6 +309,23 @@ def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def _progress(show: bool) -> Any:
+    """A progress bar on stderr over the sending time (nothing when not shown, or not on a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not show or not console.is_terminal,
+    )
+
+
 async def run_bench(
     scheduler: str,
     store_url: str | None,
@@ -315,6 +333,7 @@ async def run_bench(
     spawned: _Spawned | None,
     key: str | None = None,
     token: str | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """``key`` and ``token``: the client key and node token of a scheduler with authentication."""
     bases = [url.rstrip("/") for url in scheduler.split(",")]  # sessions and nodes are spread over them
@@ -356,17 +375,20 @@ async def run_bench(
     sessions: dict[str, tuple[dict[int, int], dict[int, list[tuple[str, int]]]]] = {}
     # Read results while waiting: a worker cannot exit before its queued results are read.
     pending_clients = len(clients)
-    while pending_clients:
-        if spawned is not None:
-            spawned.sample()
-        try:
-            _, data = out.get(timeout=0.1)
-        except queue.Empty:
-            if not any(proc.is_alive() for proc in clients):
-                raise RuntimeError("a load-generating worker died without a report") from None
-            continue
-        sessions.update(data)
-        pending_clients -= 1
+    with _progress(show_progress) as progress:
+        sending = progress.add_task("sending", total=plan.duration)
+        while pending_clients:
+            progress.update(sending, completed=min(plan.duration, max(0.0, time.time() - go)))
+            if spawned is not None:
+                spawned.sample()
+            try:
+                _, data = out.get(timeout=0.1)
+            except queue.Empty:
+                if not any(proc.is_alive() for proc in clients):
+                    raise RuntimeError("a load-generating worker died without a report") from None
+                continue
+            sessions.update(data)
+            pending_clients -= 1
     after = await _commandstats(store_url)
     if spawned is not None:  # the share of one core each used during the run
         spawned.sample()
@@ -441,7 +463,7 @@ def add_parser(commands: Any) -> None:
     bench = commands.add_parser(
         "bench",
         help="load-test one scheduler instance with echo nodes and streaming sessions",
-        description=__doc__,
+        description=(__doc__ or "").replace("``", ""),  # the docstring's markup is not for a terminal
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = bench.add_mutually_exclusive_group(required=True)
@@ -450,13 +472,20 @@ def add_parser(commands: Any) -> None:
     )
     target.add_argument("--spawn", action="store_true", help="start a scheduler with an embedded store for the run")
     bench.add_argument("--redis-url", help="the instance's store, for store figures (with --scheduler)")
-    bench.add_argument("--sessions", type=int, default=20)
-    bench.add_argument("--nodes", type=int, default=4)
-    bench.add_argument("--utterances", type=int, default=100, help="per session, at most")
-    bench.add_argument("--rate", type=float, default=0.0, help="utterances per second in all (default: flat out)")
-    bench.add_argument("--duration", type=float, default=30.0, help="seconds of sending, at most")
-    bench.add_argument("--window", type=int, default=4, help="utterances in flight per session")
-    bench.add_argument("--capacity", type=int, default=256, help="max_concurrent_jobs each node announces")
+    bench.add_argument("--sessions", type=int, default=20, help="streaming sessions (default 20)")
+    bench.add_argument("--nodes", type=int, default=4, help="echo nodes (default 4)")
+    bench.add_argument(
+        "--utterances",
+        type=int,
+        default=0,
+        help="utterances per session, at most (default 0: as many as --duration allows)",
+    )
+    bench.add_argument("--rate", type=float, default=0.0, help="utterances per second in all (default 0: flat out)")
+    bench.add_argument("--duration", type=float, default=30.0, help="seconds of sending, at most (default 30)")
+    bench.add_argument("--window", type=int, default=4, help="utterances in flight per session (default 4)")
+    bench.add_argument(
+        "--capacity", type=int, default=256, help="max_concurrent_jobs each node announces (default 256)"
+    )
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument("--key", help="client key of the sessions (a scheduler with client_keys)")
     bench.add_argument("--token", help="node token of the echo nodes (a scheduler with node_tokens)")
@@ -465,9 +494,10 @@ def add_parser(commands: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     plan = Plan(args.sessions, args.nodes, args.utterances, args.rate, args.duration, args.window, args.capacity)
-    if min(plan.sessions, plan.nodes, plan.utterances, plan.window, plan.capacity) < 1 or plan.duration <= 0:
+    if min(plan.sessions, plan.nodes, plan.window, plan.capacity) < 1 or plan.duration <= 0 or plan.utterances < 0:
         print(
-            "dragoman bench: --sessions, --nodes, --utterances, --window, --capacity and --duration must be positive",
+            "dragoman bench: --sessions, --nodes, --window, --capacity and --duration must be positive, "
+            "--utterances 0 or more",
             file=sys.stderr,
         )
         return 2
@@ -475,7 +505,9 @@ def main(args: argparse.Namespace) -> int:
     scheduler = f"ws://127.0.0.1:{spawned.port}" if spawned else args.scheduler
     store_url = spawned.store_url if spawned else args.redis_url
     try:
-        report = asyncio.run(run_bench(scheduler, store_url, plan, spawned, args.key, args.token))
+        report = asyncio.run(
+            run_bench(scheduler, store_url, plan, spawned, args.key, args.token, show_progress=not args.json)
+        )
     except (OSError, TimeoutError) as exc:
         print(f"dragoman bench: {exc}", file=sys.stderr)
         return 1

@@ -7,10 +7,11 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from dragoman import bench
+from dragoman import __version__, bench
 from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
 from dragoman.config import ConfigError, Settings, configure_logging, load_settings
+from dragoman.logs import LOG_FORMATS
 from dragoman.store.embedded import EmbeddedStoreError
 
 
@@ -18,14 +19,28 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dragoman", description="Scheduler for real-time speech-translation networks."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run one scheduler instance (with an embedded store by default)")
+    parser.add_argument("--version", action="version", version=f"dragoman {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run one scheduler instance (with an embedded store by default)",
+        description="Run one scheduler instance: the client and node WebSockets, the HTTP API, /metrics and the "
+        "dashboard (/dashboard). Every setting can also come from a TOML file (--config) or an environment "
+        "variable DRAGOMAN_<NAME>; a flag wins.",
+    )
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 5010)")
     serve.add_argument("--redis-url", help="an external Redis/Valkey (default: start an embedded valkey-server)")
     serve.add_argument("--data-dir", help="the embedded store's directory (default ./dragoman-data)")
-    serve.add_argument("--config", help="a TOML file of settings (also DRAGOMAN_CONFIG)")
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--config", help="a TOML file of settings (default: none; also DRAGOMAN_CONFIG)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="(default info)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="text, or json: one object a line (default text)")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        default=None,
+        help="log a line per HTTP request and per WebSocket opened or closed (default off)",
+    )
     serve.add_argument(
         "--workers", type=int, help="instances on this machine sharing the port and the store (default 1)"
     )
@@ -64,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_url": args.redis_url,
                 "data_dir": args.data_dir,
                 "log_level": args.log_level,
+                "log_format": args.log_format,
+                "access_log": args.access_log,
                 "workers": args.workers,
                 "ssl_certfile": args.ssl_certfile,
                 "ssl_keyfile": args.ssl_keyfile,
@@ -74,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     from dragoman.server import StartupError, preflight
     from dragoman.workers import run_workers
 

@@ -7,20 +7,15 @@ name (``DRAGOMAN_JOB_TIMEOUT_MS``); in the TOML file it is the name itself, at t
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
-import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dragoman.logs import LOG_FORMATS, configure_logging
 
-def configure_logging(level: str) -> None:
-    """One log format for every dragoman command, on stderr."""
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+__all__ = ["ConfigError", "Settings", "configure_logging", "load_settings"]
 
 
 #: The values of the ``endpointing`` setting.
@@ -44,6 +39,8 @@ class Settings:
     store_max_connections: int = 64  # pooled store connections; a burst of calls waits for one
     store_pool_timeout_ms: int = 5000  # how long a call waits for a pooled connection
     log_level: str = "info"
+    log_format: str = "text"  # "text" or "json" (one object a line), for Dragoman's and uvicorn's lines alike
+    access_log: bool = False  # uvicorn's line per HTTP request
     max_message_bytes: int = 8 * 1024 * 1024  # larger frames get an error reply (the socket stays open)
     # Memory bounds: every buffer that input can fill has a byte limit
     max_http_body_bytes: int = 16 * 1024 * 1024  # a POST /api/v1/jobs body (a max-size job is ~8 MiB of base64)
@@ -175,6 +172,8 @@ def load_settings(
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format: must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format!r}")
     for name in ("workers", "cells", "store_max_connections"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(settings, name)}")

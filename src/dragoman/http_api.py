@@ -15,7 +15,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal, cast
 
 import msgspec
 from starlette.requests import Request
@@ -49,16 +49,38 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=False):
     trace_id: str | None = None
 
 
+JobState = Literal["pending", "dispatched", "moving", "completed", "empty", "failed", "timed_out"]
+
+
+class JobResultBody(msgspec.Struct, omit_defaults=True):
+    """A completed (or empty) job's result: the node's texts and audio."""
+
+    text_asr: str
+    text_translated: str
+    tts_audio: str  # base64
+    tts_format: str
+    extra: dict[str, Any] | None = None
+    service_timings: dict[str, Any] | None = None
+
+
+class JobFailure(msgspec.Struct):
+    """A failed or timed-out job's error."""
+
+    code: str
+    message: str
+    details: Any = None
+
+
 class JobStatus(msgspec.Struct, omit_defaults=True):
     """Body of ``GET /api/v1/jobs/{job_id}``: status, then the result or the error once resolved."""
 
     job_id: str
-    status: str  # pending | dispatched | completed | empty | failed | timed_out
+    status: JobState
     attempt: int
     created_at_ms: int
     node_id: str | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    result: JobResultBody | None = None
+    error: JobFailure | None = None
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -264,7 +286,7 @@ def _status(record: JobRecord) -> JobStatus:
     state = record.state
     status = JobStatus(
         job_id=record.job_id,
-        status=state,
+        status=cast(JobState, state),
         attempt=record.attempt,
         created_at_ms=record.created_ms,
         node_id=record.node or None,
@@ -272,31 +294,33 @@ def _status(record: JobRecord) -> JobStatus:
     outcome = record.detail
     if state in ("completed", "empty"):
         r = msgspec.json.decode(outcome, type=p.JobResult)
-        status.result = {
-            "text_asr": r.text_asr or "",
-            "text_translated": r.text_translated or "",
-            "tts_audio": r.tts_audio or "",
-            "tts_format": r.tts_format or "pcm16",
-        }
-        for name, value in (("extra", r.forwarded_extra()), ("service_timings", r.service_timings())):
-            if value is not None:
-                status.result[name] = value
+        status.result = JobResultBody(
+            text_asr=r.text_asr or "",
+            text_translated=r.text_translated or "",
+            tts_audio=r.tts_audio or "",
+            tts_format=r.tts_format or "pcm16",
+            extra=r.forwarded_extra(),
+            service_timings=r.service_timings(),
+        )
     elif state == "failed" and outcome.startswith("{"):
         error = msgspec.json.decode(outcome, type=p.JobResult).error
-        status.error = msgspec.structs.asdict(error) if error else {"code": "PROCESSING_ERROR", "message": ""}
+        status.error = (
+            JobFailure(error.code, error.message, error.details) if error else JobFailure("PROCESSING_ERROR", "")
+        )
     elif state == "failed":
-        status.error = {"code": outcome, "message": "no node available for this language pair"}
+        status.error = JobFailure(outcome, "no node available for this language pair")
     elif state == "timed_out":
-        status.error = {"code": "JOB_TIMEOUT", "message": f"no result in time ({outcome})"}
+        status.error = JobFailure("JOB_TIMEOUT", f"no result in time ({outcome})")
     return status
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP job API (schemas generated from the structs above)."""
+    """The OpenAPI 3.1 document of the HTTP API (schemas generated from the structs above): every response
+    code each path answers, 503 included (the store is down), and the headers of a created job."""
     (request_schema, status_schema), components = msgspec.json.schema_components(
         [JobRequest, JobStatus], ref_template="#/components/schemas/{name}"
     )
-    problem = {
+    components["Problem"] = {
         "type": "object",
         "properties": {
             "error": {"type": "string"},
@@ -305,15 +329,65 @@ def openapi_document() -> dict[str, Any]:
         },
         "required": ["error", "message"],
     }
-    components["Problem"] = problem
+    components["Trace"] = {
+        "type": "object",
+        "description": "A job's timeline: steps (e = event, t = unix ms) and the attempts, outcome and delivery",
+        "properties": {
+            "job_id": {"type": "string"},
+            "steps": {"type": "array", "items": {"type": "object", "required": ["e", "t"]}},
+            "attempts": {"type": "array", "items": {"type": "object"}},
+            "cut": {"type": "object"},
+            "outcome": {"type": "object"},
+            "delivered_ms": {"type": "integer"},
+        },
+        "required": ["steps", "attempts"],
+    }
+    descriptions = {
+        400: "malformed request (invalid JSON, a bad header)",
+        404: "no such job or session (or it expired)",
+        413: "the body is larger than max_http_body_bytes",
+        422: "a field is invalid (named in `field`)",
+        503: "the store is unavailable (SCHEDULER_DEPENDENCY_DOWN); retry after Retry-After seconds",
+    }
 
     def errors(*codes: int) -> dict[str, Any]:
         ref = {"$ref": "#/components/schemas/Problem"}
-        return {str(c): {"description": "error", "content": {"application/json": {"schema": ref}}} for c in codes}
+        responses: dict[str, Any] = {}
+        for code in codes:
+            responses[str(code)] = {"description": descriptions[code], "content": {"application/json": {"schema": ref}}}
+            if code == 503:
+                responses[str(code)]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        return responses
 
+    def path_id(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def trace_op(summary: str, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": summary,
+                "parameters": [path_id(name)],
+                "responses": {
+                    "200": {"description": "the trace", "content": {"application/json": {"schema": schema}}},
+                    **errors(404, 503),
+                },
+            }
+        }
+
+    job_ref = {"$ref": "#/components/schemas/Trace"}
+    session_trace = {
+        "type": "object",
+        "properties": {"session_id": {"type": "string"}, "utterances": {"type": "array", "items": job_ref}},
+        "required": ["session_id", "utterances"],
+    }
+    created = {
+        "type": "object",
+        "properties": {"job_id": {"type": "string"}, "status": {"type": "string"}},
+        "required": ["job_id", "status"],
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Dragoman job API", "version": "1.0"},
+        "info": {"title": "Dragoman HTTP API", "version": "1.0"},
         "paths": {
             "/api/v1/jobs": {
                 "post": {
@@ -332,19 +406,18 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": {
-                            "description": "accepted (also for a replayed key: header Idempotent-Replayed)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "job_id": {"type": "string"},
-                                            "status": {"type": "string"},
-                                        },
-                                        "required": ["job_id", "status"],
-                                    }
-                                }
+                            "description": "accepted, or the job an earlier request with the same key created",
+                            "headers": {
+                                "Location": {
+                                    "description": "the job's URL (GET it for the outcome)",
+                                    "schema": {"type": "string"},
+                                },
+                                "Idempotent-Replayed": {
+                                    "description": "present (true) when the key was seen before: the same job",
+                                    "schema": {"type": "string", "enum": ["true"]},
+                                },
                             },
+                            "content": {"application/json": {"schema": created}},
                         },
                         **errors(400, 413, 422, 503),
                     },
@@ -354,13 +427,13 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "A job's status and, once resolved, its result or error",
                     "parameters": [
-                        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                        path_id("job_id"),
                         {
                             "name": "wait",
                             "in": "query",
                             "required": False,
-                            "description": f"long-poll: seconds to wait for the outcome (at most {MAX_WAIT_S:g})",
-                            "schema": {"type": "number", "minimum": 0},
+                            "description": "long-poll: seconds to wait for the outcome (larger values are capped)",
+                            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
                         },
                     ],
                     "responses": {
@@ -372,6 +445,17 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/jobs/{job_id}/trace": trace_op(
+                "A job's timeline, from its cut to its delivery", "job_id", job_ref
+            ),
+            "/api/v1/sessions/{session_id}/trace": trace_op(
+                "The timeline of each utterance of a session", "session_id", session_trace
+            ),
+            "/api/v1/traces/{trace_id}": trace_op(
+                "The timeline of each utterance that carries a trace id (a session's, or an utterance's own)",
+                "trace_id",
+                session_trace,
+            ),
         },
         "components": {"schemas": components},
     }

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dragoman import metrics
+from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.connection import Connection
 from dragoman.langs import node_pairs
@@ -75,7 +75,8 @@ class NodeLink:
         elif isinstance(msg, p.NodeHeartbeat):
             await self._heartbeat(msg)
         elif isinstance(msg, p.JobResult):
-            await self._result(msg, raw)
+            with logs.bound(job_id=msg.job_id, trace_id=msg.trace_id):
+                await self._result(msg, raw)
         elif isinstance(msg, p.NodeAsrPartial):
             actor = self.scheduler.sessions.get(msg.session_id)
             if actor is not None:
@@ -141,6 +142,7 @@ class NodeLink:
             return
         previous = self.scheduler.nodes.get(node_id)
         self.node_id = node_id
+        logs.bind(node_id=node_id)  # on every line this socket's task logs from now on
         self.scheduler.nodes[node_id] = self
         if previous is not None and previous is not self:
             log.info("node %s registered on a new socket; closing the old one", node_id)

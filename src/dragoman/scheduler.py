@@ -43,6 +43,7 @@ from dragoman.store import (
     Store,
 )
 from dragoman.store_errors import store_unavailable
+from dragoman.traces import TraceRecorder
 
 if TYPE_CHECKING:
     from dragoman.nodes import NodeLink
@@ -67,6 +68,7 @@ class Scheduler:
         self._stopping = False
         self.store_healthy = True
         self.delivered_dirty: set[str] = set()  # sessions that released outcomes since the last flush
+        self.traces = TraceRecorder(store)
         self.rooms = Rooms(self)
         metrics.SESSIONS.read = lambda: len(self.sessions)
         metrics.NODES.read = lambda: len(self.nodes)
@@ -100,6 +102,7 @@ class Scheduler:
             link.conn.close(1001)
         for actor in list(self.sessions.values()):
             actor.conn.close(1001)
+        await self.traces.stop()
         with contextlib.suppress(Exception):
             await self.store.leave(self.instance_id)
 
@@ -362,7 +365,7 @@ class Scheduler:
         if self._to_node(action.node, p.assign_frame(action.frame.encode(), action.attempt)):
             metrics.JOBS_DISPATCHED.inc()
             if action.attempt > 1:
-                metrics.FAILOVERS.inc()
+                metrics.failed_over(action.job_id, action.node, action.attempt)
             await self.notify(action.session, action.owner, action.job_id, "DISPATCHED")
             return
         if await self._post(action.instance, action, forwarded):
@@ -390,7 +393,8 @@ class Scheduler:
             if owner and owner != self.instance_id:
                 await self.store.post(owner, outcome, hops + 1)
                 return
-        metrics.JOBS_RESOLVED.inc(outcome.state)  # nobody to deliver to: it stays in the store
+        # nobody to deliver to: it stays in the store (an HTTP API job, or a session gone)
+        metrics.job_resolved(outcome.job_id, outcome.state, outcome.created_ms, outcome.dispatched_ms)
 
     async def _consume_inbox(self) -> None:
         """Carry out what other instances posted here; acknowledged once carried out (an entry that cannot

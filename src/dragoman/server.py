@@ -193,11 +193,14 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
         store = await _open_store(settings, url)
         scheduler = Scheduler(settings, store)
         await scheduler.start()
+        app = create_app(scheduler, auth)
         config = uvicorn.Config(
-            create_app(scheduler, auth),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's lines go through Dragoman's handler (dragoman.logs): one format
+            access_log=settings.access_log,
             lifespan="off",
             timeout_graceful_shutdown=5,  # then open sockets are closed; their work stays in the store
             **uvicorn_options(settings),
@@ -209,6 +212,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
 
         def shut_down() -> None:
             server.should_exit = True
+            app.state.shutting_down = True  # long-lived responses (the dashboard's events) end
             if supervisor is not None:
                 supervisor.cancel()  # from now on the embedded store stops with us; it is not restarted
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dragoman import metrics
+from dragoman import logs, metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
 from dragoman.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
@@ -177,6 +177,7 @@ class SessionActor:
     # -- the actor ----------------------------------------------------------------------------------
 
     async def _run(self, new: bool) -> None:
+        logs.bind(session_id=self.id, trace_id=self.trace_id)  # on every line this session's task logs
         if new:
             try:  # the session's record: who holds it (routing), and what resuming it needs (§18.2)
                 init = msgspec.json.encode(self.init)
@@ -399,6 +400,7 @@ class SessionActor:
             is_manual_cut=cut.reason in (CutReason.IS_FINAL, CutReason.SESSION_CLOSE),
             is_timeout_triggered=cut.reason in PAUSE_CUTS,
             is_max_duration_triggered=cut.reason is CutReason.MAX_DURATION,
+            cut=(cut.reason.value, cut.duration_ms),
         )
         await self._dispatch_held(force=False)  # an utterance message may be waiting for this index
 
@@ -420,6 +422,7 @@ class SessionActor:
             dialect=msg.dialect or self.init.dialect,
             features=msg.features or self.init.features,
             is_manual_cut=True,  # each utterance is a whole turn: without it the node would hold the audio (§11.2)
+            cut=("utterance", None),
         )
 
     async def _create(
@@ -433,17 +436,21 @@ class SessionActor:
         turn: str,
         streaming: bool,
         client_ts: int | None,
+        cut: tuple[str, int | None],
         **fields: Any,
     ) -> None:
         """Create the jobs of one utterance (``fields``: the job_assign fields of its path, §11.2): its own job,
-        or in a room with others one per language of the other members (§11.1), delivered to them."""
+        or in a room with others one per language of the other members (§11.1), delivered to them. ``cut``:
+        why the utterance ended and its audio length, for its trace."""
         targets = self.room.targets()
         if targets is None:
             if not self.slots:
                 self._head_since = _mono_ms()
             slot = Slot(index, "", -1, streaming, "", trace, client_ts)
             self.slots[index] = slot
-            node = await self._create_job(slot, received, src_lang, tgt_lang, turn, self._preferred_nodes(turn), fields)
+            node = await self._create_job(
+                slot, received, src_lang, tgt_lang, turn, self._preferred_nodes(turn), fields, cut
+            )
             if node is not None:
                 self._session_node = node
                 self._turn_node = (turn, node)
@@ -453,7 +460,7 @@ class SessionActor:
             prefer = self.room.add(lang, slot, turn)
             proposed = slot.job_id
             node = await self._create_job(
-                slot, received, src_lang, lang, turn, prefer, fields, guard=len(targets) > 1, room=True
+                slot, received, src_lang, lang, turn, prefer, fields, cut, guard=len(targets) > 1, room=True
             )
             self.room.placed(lang, slot, proposed, node, turn)
 
@@ -466,6 +473,7 @@ class SessionActor:
         turn: str,
         prefer: tuple[str, ...],
         fields: dict[str, Any],
+        cut: tuple[str, int | None],
         guard: bool = False,
         room: bool = False,
     ) -> str | None:
@@ -527,7 +535,9 @@ class SessionActor:
                 self._by_job[created.job_id] = slot.index
             slot.job_id = created.job_id
         slot.cell = created.cell
-        metrics.DISPATCH_LATENCY.observe((_mono_ms() - received) / 1000)
+        finalized_ms = now_ms() - round(_mono_ms() - received)
+        self.scheduler.traces.cut(self.id, slot.index, slot.job_id, slot.cell, slot.trace, finalized_ms, *cut)
+        metrics.dispatched((_mono_ms() - received) / 1000)
         return assigned_node(created.actions, created.job_id)
 
     def _preferred_nodes(self, turn: str) -> tuple[str, ...]:
@@ -609,6 +619,7 @@ class SessionActor:
             self._head_since = _mono_ms()
             for frame in slot.frames or self._outcome_frames(slot):
                 await self.send(frame)
+            self.scheduler.traces.delivered(slot.job_id, slot.cell, index)
             self.delivered = index
             self.scheduler.delivered_dirty.add(self.id)
         await self.room.release()
@@ -618,7 +629,7 @@ class SessionActor:
     def _outcome_frames(self, slot: Slot) -> list[bytes]:
         outcome = slot.outcome
         assert outcome is not None
-        metrics.JOBS_RESOLVED.inc(outcome.state)
+        metrics.job_resolved(outcome.job_id, outcome.state, outcome.created_ms, outcome.dispatched_ms)
         if outcome.state == "completed":
             return [self._translation_result(slot, outcome)]
         if outcome.state == "empty":

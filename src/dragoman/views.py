@@ -1,94 +1,73 @@
 """Read-only HTTP views of the real state: ``/api/v1/stats`` (§16.2) and ``/api/v1/cluster`` (§16.3).
 
-Nodes and instances are read from the store, so every instance shows the same node set (B20).
-Sessions are counted per instance (each announces its count with its presence).
+Nodes and instances are read from the store when asked for (a fresh fleet snapshot), so every instance
+shows the same node set (B20). Sessions are counted per instance (each announces its count with its presence).
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from dragoman.fleet import Fleet, NodeView
 from dragoman.http_api import store_guarded
+from dragoman.langs import normalize
 from dragoman.scheduler import Scheduler
-from dragoman.store import NodeRecord
 
-_SERVICE_TYPES = {"asr", "nmt", "tts", "tone", "semantic", "phonetic", "punctuation"}
-
-
-def _json(raw: bytes | None) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-class NodeView:
-    """One node record of the store, with the figures the views need."""
-
-    def __init__(self, record: NodeRecord, liveness_ms: int, now_ms: int) -> None:
-        self.id = record.node_id
-        self.instance = record.instance
-        self.info = _json(record.info)
-        self.load = _json(record.load)
-        self.status = record.status or "offline"
-        self.capacity = record.capacity
-        self.inflight = record.inflight
-        self.last_heartbeat_ms = record.heartbeat_ms
-        self.online = self.status != "offline" and now_ms - self.last_heartbeat_ms <= liveness_ms
-
-    @property
-    def services(self) -> list[dict[str, Any]]:
-        services = self.load.get("installed_services") or self.info.get("installed_services") or []
-        return [s for s in services if isinstance(s, dict)]
-
-    @property
-    def capabilities(self) -> list[dict[str, Any]]:
-        caps = self.load.get("capability_by_type") or self.info.get("capability_by_type") or []
-        return [c for c in caps if isinstance(c, dict)]
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        usage = self.load.get("resource_usage")
-        return usage if isinstance(usage, dict) else {}
-
-    def running_types(self) -> set[str]:
-        return {str(s.get("type")) for s in self.services if s.get("status") == "running"} & _SERVICE_TYPES
+# A node is ready when it runs these (§16.3).
+READY_TYPES = {"asr", "nmt", "tts"}
 
 
 def _float(value: Any) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def routes(scheduler: Scheduler) -> list[Route]:
-    settings = scheduler.settings
+def _reported_services(views: list[NodeView]) -> list[dict[str, Any]]:
+    """The services the nodes report installed, one entry per service id (no catalogue: what runs)."""
+    services: dict[str, dict[str, Any]] = {}
+    for view in views:
+        for s in view.services:
+            service_id = str(s.get("service_id") or s.get("type") or "")
+            if not service_id:
+                continue
+            entry = services.setdefault(
+                service_id,
+                {
+                    "service_id": service_id,
+                    "name": str(s.get("name") or service_id),
+                    "latest_version": "",
+                    "variants": [],
+                },
+            )
+            version = str(s.get("version") or "")
+            if version and version > entry["latest_version"]:
+                entry["latest_version"] = version
+    return sorted(services.values(), key=lambda e: e["service_id"])
 
-    async def nodes() -> list[NodeView]:
-        now = int(time.time() * 1000)
-        return [NodeView(r, settings.node_liveness_ms, now) for r in await scheduler.store.nodes()]
 
+def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
     async def stats(request: Request) -> Response:
-        views = await nodes()
+        views = [v for v in (await fleet.snapshot(0)).nodes if v.online]
         languages: Counter[str] = Counter()
         usage: dict[str, dict[str, int]] = {}
         for actor in scheduler.sessions.values():
             for role, lang in (("as_source", actor.init.src_lang), ("as_target", actor.init.tgt_lang)):
+                if normalize(lang) == "auto":  # detected per utterance: not a language anyone speaks
+                    continue
                 entry = usage.setdefault(lang, {"as_source": 0, "as_target": 0, "total": 0})
                 entry[role] += 1
                 entry["total"] += 1
                 languages[lang] += 1
         type_counts: Counter[str] = Counter()
+        in_use: Counter[str] = Counter()
         for view in views:
             type_counts.update(view.running_types())
+            if view.inflight:
+                in_use.update(view.running_types())
         details = []
         for view in views:
             hardware = view.info.get("hardware") or {}
@@ -103,6 +82,7 @@ def routes(scheduler: Scheduler) -> list[Route]:
             if isinstance(efficiencies, dict):
                 detail["service_efficiencies"] = efficiencies
             details.append(detail)
+        services = _reported_services(views)
         rooms, members = await scheduler.store.room_counts()
         body = {
             "web_clients": {
@@ -111,12 +91,12 @@ def routes(scheduler: Scheduler) -> list[Route]:
                 "language_usage": usage,
             },
             "nodes": {
-                "connected_nodes": sum(1 for v in views if v.online),
+                "connected_nodes": len(views),
                 "type_node_counts": dict(type_counts),
-                "available_services": [],
+                "available_services": services,
                 "available_models": [],
-                "total_services": 0,
-                "type_in_use_counts": {},
+                "total_services": len(services),
+                "type_in_use_counts": dict(in_use),
                 "compute_power": {
                     "total_cpu_power": sum(d["cpu_power"] for d in details),
                     "total_gpu_power": sum(d["gpu_power"] for d in details),
@@ -129,78 +109,68 @@ def routes(scheduler: Scheduler) -> list[Route]:
         return JSONResponse(body)
 
     async def cluster(request: Request) -> Response:
-        views = await nodes()
-        now = int(time.time() * 1000)
-        instances = []
-        for inst in await scheduler.store.instances():  # sessions: live here, as last announced elsewhere
-            description = _json(inst.description)
-            inbox_length, inbox_pending = await scheduler.store.inbox_stats(inst.instance_id)
-            started = int(description.get("started_at_ms", 0))
-            instances.append(
-                {
-                    "instance_id": inst.instance_id,
-                    "hostname": description.get("hostname", ""),
-                    "pid": description.get("pid", 0),
-                    "version": description.get("version", ""),
-                    "started_at_ms": started,
-                    "uptime_seconds": max(0, (now - started) // 1000),
-                    "is_online": inst.online,
-                    "inbox_length": inbox_length,
-                    "inbox_pending": inbox_pending,
-                    "dlq_length": 0,
-                    "nodes_owned": sum(1 for v in views if v.online and v.instance == inst.instance_id),
-                    "sessions_owned": (
-                        len(scheduler.sessions)
-                        if inst.instance_id == scheduler.instance_id
-                        else description.get("sessions", 0)
-                    ),
-                }
-            )
-        node_rows = []
-        for v in views:
-            types = {str(c.get("type")): bool(c.get("ready")) for c in v.capabilities}
-            node_rows.append(
-                {
-                    "node_id": v.id,
-                    "platform": "",
-                    "online": v.online,
-                    "status": v.status if v.online else "offline",
-                    "cpu_usage": _float(v.usage.get("cpu_percent")),
-                    "gpu_usage": v.usage.get("gpu_percent"),
-                    "memory_usage": _float(v.usage.get("mem_percent")),
-                    "current_jobs": v.inflight,
-                    "max_concurrent_jobs": v.capacity,
-                    "last_heartbeat": v.last_heartbeat_ms,
-                    "services": [
-                        {
-                            "service_id": s.get("service_id", ""),
-                            "service_type": str(s.get("type", "")).capitalize(),
-                            "status": str(s.get("status", "")).capitalize(),
-                        }
-                        for s in v.services
-                    ],
-                    "capabilities": [
-                        {"service_type": t.capitalize(), "ready": ready, "reason": None, "ready_impl_ids": None}
-                        for t, ready in types.items()
-                    ],
-                }
-            )
-        ready = sum(1 for v in views if v.online and {"asr", "nmt", "tts"} <= v.running_types())
-        rooms, members = await scheduler.store.room_counts()
+        snap = await fleet.snapshot(0)
+        instances = [
+            {
+                "instance_id": inst.instance_id,
+                "hostname": inst.hostname,
+                "pid": inst.pid,
+                "version": inst.version,
+                "started_at_ms": inst.started_at_ms,
+                "uptime_seconds": max(0, (snap.taken_ms - inst.started_at_ms) // 1000),
+                "is_online": inst.online,
+                "inbox_length": inst.inbox_length,
+                "inbox_pending": inst.inbox_pending,
+                "dlq_length": 0,
+                "nodes_owned": inst.nodes_owned,
+                "sessions_owned": inst.sessions,
+            }
+            for inst in snap.instances
+        ]
+        node_rows = [
+            {
+                "node_id": v.id,
+                "platform": str(v.info.get("platform") or ""),
+                "online": v.online,
+                "status": v.status,
+                "instance": v.instance,
+                "language_capabilities": {f"{kind}_languages": langs for kind, langs in v.languages.items()},
+                "cpu_usage": _float(v.usage.get("cpu_percent")),
+                "gpu_usage": v.usage.get("gpu_percent"),
+                "memory_usage": _float(v.usage.get("mem_percent")),
+                "current_jobs": v.inflight,
+                "max_concurrent_jobs": v.capacity,
+                "last_heartbeat": v.last_heartbeat_ms,
+                "services": [
+                    {
+                        "service_id": s.get("service_id", ""),
+                        "service_type": str(s.get("type", "")).capitalize(),
+                        "status": str(s.get("status", "")).capitalize(),
+                    }
+                    for s in v.services
+                ],
+                "capabilities": [
+                    {"service_type": t.capitalize(), "ready": ready, "reason": None, "ready_impl_ids": None}
+                    for t, ready in v.ready_types().items()
+                ],
+            }
+            for v in snap.nodes
+        ]
+        ready = sum(1 for v in snap.nodes if v.online and v.running_types() >= READY_TYPES)
         return JSONResponse(
             {
                 "instances": instances,
                 "total_instances": len(instances),
                 "online_instances": sum(1 for i in instances if i["is_online"]),
-                "total_nodes": len(views),
-                "online_nodes": sum(1 for v in views if v.online),
+                "total_nodes": len(snap.nodes),
+                "online_nodes": sum(1 for v in snap.nodes if v.online),
                 "ready_nodes": ready,
-                "total_sessions": sum(int(i["sessions_owned"] or 0) for i in instances),
-                "total_pending": sum(int(i["inbox_pending"]) for i in instances),
+                "total_sessions": sum(inst.sessions for inst in snap.instances),
+                "total_pending": sum(inst.inbox_pending for inst in snap.instances),
                 "total_dlq": 0,
-                "redis_key_prefix": "",
-                "total_rooms": rooms,  # rooms and their members: an extension (§18.1: additive)
-                "total_room_members": members,
+                "redis_key_prefix": scheduler.settings.key_prefix,
+                "total_rooms": snap.rooms,  # rooms and their members: an extension (§18.1: additive)
+                "total_room_members": snap.room_members,
                 "nodes": node_rows,
             }
         )

@@ -110,8 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scheduler node socket URL; repeat or comma-separate several for failover (tried in turn on disconnect)",
         metavar="URL",
     )
-    _add(parser, "--engine", "engine: echo (a TEST engine), http, or the name of an installed engine plugin")
-    _add(parser, "--langs", "languages the node serves, comma-separated (e.g. zh,en)", metavar="LANGS")
+    required = parser.add_argument_group("required (the flag, or its environment variable)")
+    _add(required, "--engine", "engine: echo (a TEST engine), http, or the name of an installed engine plugin")
+    _add(required, "--langs", "languages the node serves, comma-separated (e.g. zh,en)", metavar="LANGS")
     _add(parser, "--max-jobs", "jobs run at once, announced as max_concurrent_jobs", metavar="N")
     _add(parser, "--node-id", "node id to register with (default: assigned by the scheduler)", metavar="ID")
     _add(parser, "--token", "node token, sent as ?token= in the URL (never logged)", metavar="T")

@@ -41,9 +41,11 @@ def render(cluster: ClusterInfo, now_ms: int | None = None) -> None:
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     console = Console(highlight=False)
     console.print(
-        f"[bold]{cluster.online_instances}/{cluster.total_instances}[/bold] instances online · "
-        f"[bold]{cluster.online_nodes}/{cluster.total_nodes}[/bold] nodes online, "
-        f"[bold]{cluster.ready_nodes}[/bold] ready · [bold]{cluster.total_sessions}[/bold] sessions"
+        f"[bold]{cluster.online_instances}/{cluster.total_instances}[/bold] "
+        f"{_plural(cluster.total_instances, 'instance')} online · "
+        f"[bold]{cluster.online_nodes}/{cluster.total_nodes}[/bold] {_plural(cluster.total_nodes, 'node')} online, "
+        f"[bold]{cluster.ready_nodes}[/bold] ready · "
+        f"[bold]{cluster.total_sessions}[/bold] {_plural(cluster.total_sessions, 'session')}"
     )
 
     instances = Table(title="Instances", title_justify="left")
@@ -62,8 +64,8 @@ def render(cluster: ClusterInfo, now_ms: int | None = None) -> None:
     console.print(instances)
 
     nodes = Table(title="Nodes", title_justify="left")
-    for column in ("node", "status", "languages", "load", "cpu", "gpu", "mem", "services", "last heartbeat"):
-        nodes.add_column(column, justify="right" if column in ("load", "cpu", "gpu", "mem") else "left")
+    for column in ("node", "status", "languages", "jobs/capacity", "cpu", "gpu", "mem", "services", "last heartbeat"):
+        nodes.add_column(column, justify="right" if column in ("jobs/capacity", "cpu", "gpu", "mem") else "left")
     for node in cluster.nodes:
         nodes.add_row(
             node.node_id,
@@ -79,6 +81,11 @@ def render(cluster: ClusterInfo, now_ms: int | None = None) -> None:
     if not cluster.nodes:
         nodes.add_row("[dim]no nodes[/dim]", *[""] * 8)
     console.print(nodes)
+
+
+def _plural(count: int, noun: str) -> str:
+    """The noun for ``count`` of it: 1 node, 0 nodes, 2 nodes."""
+    return noun if count == 1 else noun + "s"
 
 
 def _yes(value: bool) -> str:

@@ -74,10 +74,30 @@ class Keys:
     def session_jobs(self, cell: int, session: str) -> str:
         return f"{self._cell[cell]}sjobs:{session}"
 
+    def waiting(self, cell: int) -> str:
+        """The set of pairs that have waiting jobs in the cell."""
+        return self._cell[cell] + "waiting"
+
+    def wait(self, cell: int, pair: str) -> str:
+        """The jobs waiting in the cell for a node of ``pair`` (zset, FIFO)."""
+        return f"{self._cell[cell]}wait:{pair}"
+
+    def job_trace(self, cell: int, job_id: str) -> str:
+        """The job's trace: a capped list of msgpack entries, kept as long as the job's record."""
+        return f"{self._cell[cell]}job:{job_id}:trace"
+
     # -- tags of their own ------------------------------------------------------------------------
 
     def session(self, session: str) -> str:
         return f"{self.prefix}:{{session:{session}}}"
+
+    def session_trace(self, session: str) -> str:
+        """The session's cuts (capped list of msgpack entries: index, job id, cell, reason, audio length)."""
+        return f"{self.prefix}:{{session:{session}}}:trace"
+
+    def trace_session(self, trace: str) -> str:
+        """The session whose utterances carry this trace id (string), for looking a trace up."""
+        return f"{self.prefix}:{{trace:{trace}}}"
 
     def instance(self, instance: str) -> str:
         return f"{self.instances}:{instance}"

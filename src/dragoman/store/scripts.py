@@ -6,11 +6,14 @@ file; the instance and session scripts stand alone. Each file opens with its KEY
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import NoScriptError
+
+from dragoman import metrics
 
 CELL_SCRIPTS = (
     "create_job",
@@ -56,15 +59,19 @@ class Scripts:
         self._client = client
         self._sources = {name: _source(name) for name in (*CELL_SCRIPTS, *OTHER_SCRIPTS)}
         self._shas: dict[str, str] = {}
+        metrics.SCRIPT_LATENCY.known(self._sources)
 
     async def load(self) -> None:
         for name, source in self._sources.items():
             self._shas[name] = await self._client.script_load(source)
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        started = time.perf_counter()
         try:
             return await self._client.evalsha(self._shas[name], len(keys), *keys, *args)
         except NoScriptError:
             # The server restarted without its script cache (or was flushed): load and retry once.
             await self.load()
             return await self._client.evalsha(self._shas[name], len(keys), *keys, *args)
+        finally:
+            metrics.SCRIPT_LATENCY.observe(time.perf_counter() - started, name)

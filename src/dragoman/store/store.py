@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 INBOX_GROUP = "dragoman"
+TRACE_MAX = 64  # steps kept per job (as lua/_cell.lua's TRACE_MAX)
+SESSION_TRACE_MAX = 256  # cuts kept per session
 DRAIN_LIMIT = 8  # waiting jobs tried per freed capacity or heartbeat
 MOVE_LEASE_MS = 5000  # a job moving between cells is the mover's this long; then any tick finishes the move
 
@@ -343,6 +345,59 @@ class Store:
             return await self.get_job(job_id)
         return None
 
+    # -- traces -----------------------------------------------------------------------------------
+
+    async def add_traces(
+        self,
+        jobs: list[tuple[str, int, dict[str, Any]]],
+        sessions: list[tuple[str, dict[str, Any]]],
+        trace_ids: dict[str, str] | None = None,
+    ) -> None:
+        """Append steps recorded outside the scripts (cut, delivered) to job traces (job id, cell, entry) and
+        session traces, in one pipelined call. A job's list exists already (its scripts made it, with the
+        job's ttl): ``RPUSHX`` adds to it, one command per list, and adds nothing to a job that is gone, so
+        no list is left without a ttl; these two steps at most pass the scripts' cap of ``TRACE_MAX``.
+        ``trace_ids``: trace id -> the session whose utterances carry it (the latest session wins)."""
+        k = self.keys
+        job_lists: dict[str, list[bytes]] = {}
+        for job_id, cell, entry in jobs:
+            job_lists.setdefault(k.job_trace(cell, job_id), []).append(msgspec.msgpack.encode(entry))
+        session_lists: dict[str, list[bytes]] = {}
+        for session, entry in sessions:
+            session_lists.setdefault(k.session_trace(session), []).append(msgspec.msgpack.encode(entry))
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            for key, entries in job_lists.items():
+                pipe.rpushx(key, *entries)  # type: ignore[arg-type]
+            for key, entries in session_lists.items():
+                pipe.rpush(key, *entries)
+                pipe.ltrim(key, -SESSION_TRACE_MAX, -1)
+                pipe.pexpire(key, self.settings.binding_ttl_ms)  # as long as its jobs' records can live
+            for trace, session in (trace_ids or {}).items():
+                pipe.set(k.trace_session(trace), session, px=self.settings.binding_ttl_ms)
+            await pipe.execute()
+
+    async def job_trace(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's steps from every cell it went through, in time order (empty: unknown or expired)."""
+        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+            for cell in range(self.cells):
+                pipe.lrange(self.keys.job_trace(cell, job_id), 0, -1)
+            lists: list[list[bytes]] = await pipe.execute()
+        entries = [_trace_entry(raw) for rows in lists for raw in rows]
+        # The cut comes first whatever its clock says (it is stamped by the instance, to the millisecond).
+        return sorted((e for e in entries if e), key=lambda e: (e.get("e") != "cut", float(e.get("t", 0))))
+
+    async def trace_session(self, trace: str) -> str | None:
+        """The session whose utterances last carried the trace id, if any is recorded."""
+        async with self._connection():
+            session = await self.client.get(self.keys.trace_session(trace))
+        return _s(session) if isinstance(session, bytes | str) else None
+
+    async def session_trace(self, session: str) -> list[dict[str, Any]]:
+        """The session's cuts, oldest first (at most ``SESSION_TRACE_MAX``)."""
+        async with self._connection():
+            rows = await self.client.lrange(self.keys.session_trace(session), 0, -1)
+        return [e for raw in rows if isinstance(raw, bytes) and (e := _trace_entry(raw))]
+
     # -- nodes ------------------------------------------------------------------------------------
 
     async def register_node(
@@ -409,6 +464,23 @@ class Store:
                 if raw:
                     records.append(_node_record(_s(node), cell, raw, int(inflight)))
         return records
+
+    async def waiting_jobs(self) -> dict[str, int]:
+        """How many jobs wait for a node, by pair, over every cell (read-only, for the views and metrics)."""
+        k = self.keys
+        counts: dict[str, int] = {}
+        for cell in range(self.cells):
+            async with self._connection():
+                pairs = [_s(p) for p in await self.client.smembers(k.waiting(cell))]
+            if not pairs:
+                continue
+            async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+                for pair in pairs:
+                    pipe.zcard(k.wait(cell, pair))
+                sizes = await pipe.execute()
+            for pair, size in zip(pairs, sizes, strict=True):
+                counts[pair] = counts.get(pair, 0) + int(size)
+        return counts
 
     # -- sessions ---------------------------------------------------------------------------------
 
@@ -804,6 +876,14 @@ class Store:
     async def _finish(self, cell: int, job_id: str, how: str) -> None:
         k = self.keys
         await self._cell("finish_move", [k.deadlines(cell), k.job(cell, job_id)], [job_id, how], FinishReply)
+
+
+def _trace_entry(raw: bytes) -> dict[str, Any]:
+    try:
+        entry = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def _envelope(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope | None:

@@ -38,6 +38,27 @@ local function split(s)
   return t
 end
 
+-- Record a step of the job in its trace (`job:<id>:trace`, a list capped at TRACE_MAX msgpack entries, kept
+-- as long as the job's record: the binding ttl while it runs, its own ttl once resolved). `fields` =
+-- {e = event, ...}; a `why` that is a node's raw job_result is shortened to its error code.
+local TRACE_MAX = 64
+local RESOLVED = {completed = true, empty = true, failed = true, timed_out = true}
+local function trace(j, fields)
+  local tk = j.k .. ':trace'
+  fields.t = NOW
+  if fields.why and string.sub(fields.why, 1, 1) == '{' then
+    local ok, result = pcall(cjson.decode, fields.why)
+    fields.why = ok and type(result) == 'table' and type(result.error) == 'table' and result.error.code or nil
+  end
+  local length = redis.call('RPUSH', tk, cmsgpack.pack(fields))
+  if length > TRACE_MAX then redis.call('LTRIM', tk, -TRACE_MAX, -1) end
+  if RESOLVED[j.state] then  -- the record's ttl changes once, when it resolves; the list's follows it
+    redis.call('PEXPIRE', tk, tonumber(j.ttl))
+  elseif length == 1 then
+    redis.call('PEXPIRE', tk, BINDING_TTL)
+  end
+end
+
 local function reply(fields)
   fields.v = VERSION
   return cmsgpack.pack(fields)
@@ -205,6 +226,7 @@ local function assign(j, chosen, with_frame, extra)
   end
   j.attempt, j.node, j.nodes, j.state, j.nunit, j.ngrp = attempt, node, nodes, 'dispatched', u, chosen.grp
   j.dispatched_ms = NOW
+  trace(j, {e = 'assigned', node = node, attempt = attempt, instance = chosen.instance})
   return assign_action(j, chosen.instance, with_frame)
 end
 
@@ -240,6 +262,8 @@ local function resolve(j, state, detail, echo, result_of)
   redis.call('ZREM', DEADLINES, j.id)
   if j.state == 'pending' then unwait(j) end
   j.state = state
+  -- why: Dragoman's code, or a failed result's error code (a completed result says nothing more)
+  trace(j, {e = 'outcome', state = state, why = (state == 'failed' or state == 'timed_out') and detail or nil})
   return outcome_action(j, state, echo and detail or nil)
 end
 
@@ -254,12 +278,14 @@ local function make_pending(j)
   redis.call('SADD', WAITING, j.pair)
   redis.call('ZADD', DEADLINES, NOW + PENDING_TIMEOUT, j.id)
   j.state, j.node = 'pending', ''
+  trace(j, {e = 'waiting', pair = j.pair})
 end
 
 -- The current attempt ended without a usable result: the next attempt on another node, if the
 -- attempts allow and a node is usable. Otherwise, with `wait` and attempts left, the job waits for a
 -- node (pending); else it resolves with the outcome given by the caller.
 local function failover(j, state, detail, actions, wait)
+  trace(j, {e = 'failover', node = j.node, attempt = j.attempt, why = detail})
   if j.attempt >= MAX_ATTEMPTS then
     actions[#actions + 1] = resolve(j, state, detail, true)
     return

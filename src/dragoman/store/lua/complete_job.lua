@@ -26,6 +26,7 @@ if j.state ~= 'dispatched' then return reply({verdict = 'resolved', actions = {}
 if j.attempt ~= attempt then return reply({verdict = 'stale', actions = {}}) end
 local actions = {}
 release(j)
+trace(j, {e = 'result', node = node, attempt = attempt, kind = kind})
 local grp = j.ngrp
 if kind == 'retry' then
   local block_ms = tonumber(ARGV[12])

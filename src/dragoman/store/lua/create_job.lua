@@ -53,6 +53,7 @@ local record = {'session', j.session, 'index', j.index, 'tgt', j.tgt, 'pair', j.
                 'data', ARGV[16]}
 if j.guard == '1' then record[#record + 1] = 'guard'; record[#record + 1] = '1' end  -- only room jobs carry it
 local actions = {}
+trace(j, {e = 'created', pair = j.pair, session = j.session, index = tonumber(j.index), trace = j.trace})
 if chosen then
   actions[1] = assign(j, chosen, false, record)
 else

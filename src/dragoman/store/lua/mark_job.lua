@@ -8,4 +8,5 @@ if not j or j.state ~= 'dispatched' or j.node ~= ARGV[8] or j.attempt ~= tonumbe
   return reply({found = false})
 end
 redis.call('HSET', j.k, 'mark', ARGV[10])
+trace(j, {e = ARGV[10], node = j.node, attempt = j.attempt})
 return reply({found = true, session = j.session, owner = j.owner})
