@@ -102,7 +102,8 @@ async def test_model_not_available_moves_the_job_and_excludes_the_node(dragoman:
 
 
 async def test_model_not_available_with_no_other_node_is_relayed(dragoman: StartDragoman) -> None:
-    d = await dragoman()
+    # With several cells the job first waits for a node of another cell, up to the pending timeout.
+    d = await dragoman(pending_timeout_ms=1000)
     async with LinguaNode(d.node_url) as lacking, LinguaWebClient(d.session_url) as client:
         await lacking.start()
         await client.init(two_way=False)

@@ -301,7 +301,7 @@ class Store:
         return await self._cell(
             "complete_job",
             [k.deadlines(cell), k.job(cell, job_id), k.node_jobs(cell, node)],
-            [job_id, node, attempt, kind, raw, block_ms, drain],
+            [job_id, node, attempt, kind, raw, block_ms, drain, self.cells],
             ResultReply,
         )
 

@@ -283,7 +283,8 @@ end
 
 -- The current attempt ended without a usable result: the next attempt on another node, if the
 -- attempts allow and a node is usable. Otherwise, with `wait` and attempts left, the job waits for a
--- node (pending); else it resolves with the outcome given by the caller.
+-- node (pending; with several cells another cell's node may take it), and resolves with the outcome given
+-- by the caller if none does in time; without `wait` it resolves with that outcome now.
 local function failover(j, state, detail, actions, wait)
   trace(j, {e = 'failover', node = j.node, attempt = j.attempt, why = detail})
   if j.attempt >= MAX_ATTEMPTS then
@@ -295,6 +296,8 @@ local function failover(j, state, detail, actions, wait)
     actions[#actions + 1] = assign(j, chosen, true)
   elseif wait then
     make_pending(j)
+    -- the outcome if no node takes it within the pending timeout (the tick resolves it so)
+    redis.call('HSET', j.k, 'fail_state', state, 'fail_detail', detail)
   else
     actions[#actions + 1] = resolve(j, state, detail, true)
   end

@@ -5,7 +5,7 @@
 -- ARGV[10] kind: completed | empty | failed | retry (a failure another node may not have)
 -- ARGV[11] the raw job_result frame (kept as the outcome)
 -- ARGV[12] ms to keep the node out of the job's pair after a retryable failure (0 = not at all)
--- ARGV[13] how many waiting jobs to try on the freed capacity
+-- ARGV[13] how many waiting jobs to try on the freed capacity   ARGV[14] how many cells there are
 -- Reply {v, verdict = 'accepted'|'unknown'|'stale'|'resolved', actions}. Accepted only for the job's current
 -- attempt from the node that holds it (DESIGN.md "Results"): an earlier attempt's late answer is stale,
 -- even while the job is unresolved. The accepted outcome's action carries no detail (the caller has it).
@@ -32,8 +32,9 @@ if kind == 'retry' then
   local block_ms = tonumber(ARGV[12])
   if block_ms > 0 then redis.call('HSET', key('node', node), 'blocked:' .. j.pair, NOW + block_ms) end
   redis.call('HSET', j.k, 'result_of', by)
-  failover(j, 'failed', ARGV[11], actions, false)
-  if actions[#actions].a == 'outcome' then actions[#actions].data = nil end
+  -- With several cells, a node of another cell may take it: it waits (and moves) rather than failing now.
+  failover(j, 'failed', ARGV[11], actions, tonumber(ARGV[14]) > 1)
+  if #actions > 0 and actions[#actions].a == 'outcome' then actions[#actions].data = nil end
 else
   actions[1] = resolve(j, kind, ARGV[11], false, by)
 end

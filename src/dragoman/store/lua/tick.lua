@@ -18,8 +18,9 @@ for _, job_id in ipairs(redis.call('ZRANGE', DEADLINES, '-inf', NOW, 'BYSCORE', 
   elseif j.state == 'pending' and j.attempt == 0 then
     actions[#actions + 1] = resolve(j, 'failed', 'NO_AVAILABLE_NODE', true)
   elseif j.state == 'pending' then
-    -- it lost its node and found no other in time
-    actions[#actions + 1] = resolve(j, 'timed_out', 'NODE_UNAVAILABLE', true)
+    -- it lost its node (or the node failed it) and found no other in time: the outcome failover left
+    local f = redis.call('HMGET', j.k, 'fail_state', 'fail_detail')
+    actions[#actions + 1] = resolve(j, f[1] or 'timed_out', f[2] or 'NODE_UNAVAILABLE', true)
   elseif j.state == 'dispatched' then
     actions[#actions + 1] = cancel_action(j, 'job_timeout')
     release(j)
