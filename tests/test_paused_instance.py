@@ -4,39 +4,23 @@ when it runs again it notices, says so, and rejoins: its sessions get their outc
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import tempfile
 import uuid
 
-from test_resume import wait_healthy
+from test_resume import serve, wait_healthy
 
 from conftest import free_port
 from peers import LinguaNode, LinguaWebClient, pcm16
-
-
-def serve(store_url: str, prefix: str, port: int, log: int) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "DRAGOMAN_KEY_PREFIX": prefix,
-        "DRAGOMAN_INSTANCE_TTL_MS": "1000",
-        "DRAGOMAN_TICK_INTERVAL_MS": "100",
-        "DRAGOMAN_LOG_LEVEL": "info",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "dragoman", "serve", "--port", str(port), "--redis-url", store_url],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
 
 
 async def test_a_paused_instance_rejoins_and_its_sessions_get_their_outcomes(store_url: str) -> None:
     prefix = f"pause-{uuid.uuid4().hex[:8]}"
     port_a, port_b = free_port(), free_port()
     with tempfile.TemporaryFile() as log_a, tempfile.TemporaryFile() as log_b:
-        a, b = serve(store_url, prefix, port_a, log_a.fileno()), serve(store_url, prefix, port_b, log_b.fileno())
+        timers = {"DRAGOMAN_INSTANCE_TTL_MS": "1000", "DRAGOMAN_LOG_LEVEL": "info"}
+        a = serve(store_url, prefix, port_a, log_a.fileno(), **timers)
+        b = serve(store_url, prefix, port_b, log_b.fileno(), **timers)
         try:
             await wait_healthy(port_a)
             await wait_healthy(port_b)

@@ -86,19 +86,24 @@ async def test_client_that_does_not_ask_gets_no_resumed_key(pair: tuple[Running,
         assert "resumed" not in ack
 
 
-def serve(store_url: str, prefix: str, port: int) -> subprocess.Popen[bytes]:
+def serve(
+    store_url: str, prefix: str, port: int, stderr: int = subprocess.DEVNULL, **settings: str
+) -> subprocess.Popen[bytes]:
+    """A real ``dragoman serve`` on the shared store, with short presence and tick timers (``settings``: more
+    ``DRAGOMAN_*`` variables)."""
     env = os.environ | {
         "DRAGOMAN_KEY_PREFIX": prefix,
         "DRAGOMAN_INSTANCE_TTL_MS": "1500",
         "DRAGOMAN_TICK_INTERVAL_MS": "100",
         "DRAGOMAN_RECONNECT_GRACE_MS": "1000",
         "DRAGOMAN_LOG_LEVEL": "warning",
+        **settings,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dragoman", "serve", "--port", str(port), "--redis-url", store_url],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 

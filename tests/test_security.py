@@ -280,6 +280,11 @@ async def test_operator_endpoints_need_an_admin_key_when_auth_is_on(dragoman: St
             assert (await http.get(path, headers={"Authorization": "Bearer app-key"})).status_code == 401
             assert (await http.get(path, headers={"Authorization": "Bearer ops-key"})).status_code == 200
         assert (await http.get("/health")).status_code == 200
+        # A browser cannot set headers: the dashboard takes the admin key in its URL, and passes it on.
+        assert (await http.get("/dashboard")).status_code == 401
+        assert (await http.get("/dashboard", params={"key": "ops-key"})).status_code == 200
+        assert (await http.get("/api/v1/jobs/job-x/trace", params={"key": "app-key"})).status_code == 401
+        assert (await http.get("/static/dashboard.js")).status_code == 200  # the page's files hold no data
     opened = await dragoman(**AUTH, open_operator_endpoints=True)
     async with httpx.AsyncClient(base_url=opened.http) as http:
         assert (await http.get("/api/v1/cluster")).status_code == 200

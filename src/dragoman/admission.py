@@ -92,7 +92,7 @@ def guarded(admission: Admission, check: Callable[[Auth, Request], Verdict], end
 
 
 def operator_check(auth: Auth, request: Request) -> Verdict:
-    return auth.operator(request.headers)
+    return auth.operator(request.headers, request.query_params.get("key"))
 
 
 def client_check(auth: Auth, request: Request) -> Verdict:

@@ -189,11 +189,12 @@ class Auth:
         name = self.clients.name_of(presented)
         return Verdict(name) if name else Verdict(refused="client key not valid")
 
-    def operator(self, headers: Mapping[str, str]) -> Verdict:
-        """``/api/v1/cluster``, ``/api/v1/stats``, ``/metrics``: an admin key once any auth is on."""
+    def operator(self, headers: Mapping[str, str], query_key: str | None = None) -> Verdict:
+        """``/api/v1/cluster``, ``/api/v1/stats``, ``/metrics``, the dashboard and traces: an admin key once any auth
+        is on, in ``Authorization: Bearer`` or as ``?key=`` (a browser opening the dashboard cannot set headers)."""
         if not self.on or self.open_operator_endpoints:
             return Verdict()
-        presented = bearer(headers)
+        presented = bearer(headers) or query_key
         if not presented:
             return Verdict(refused="admin key required (Authorization: Bearer; see admin_keys)")
         name = self.admins.name_of(presented)

@@ -147,9 +147,14 @@ function render(state) {
   eventList("errors", state.errors, (e) => [`${ago(e.t, now)} ${e.level} ${e.logger}: ${e.message}`]);
 }
 
+// With authentication on, the page is opened as /dashboard?key=<admin key>; its feed and traces pass it on.
+const adminKey = new URLSearchParams(location.search).get("key");
+const withKey = (path) => (adminKey ? `${path}${path.includes("?") ? "&" : "?"}key=${encodeURIComponent(adminKey)}` : path);
+
 function connect() {
   if (source) source.close();
   const query = new URLSearchParams({ page: String(page), node: filter });
+  if (adminKey) query.set("key", adminKey);
   source = new EventSource(`/dashboard/events?${query}`);
   source.onmessage = (event) => render(JSON.parse(event.data));
   source.onerror = () => { $("status").textContent = "reconnecting…"; $("status").className = "badge bad"; };
@@ -186,7 +191,7 @@ async function showTrace(kind, id) {
   let response;
   try {
     const path = kind === "traces" ? `/api/v1/traces/${encodeURIComponent(id)}` : `/api/v1/${kind}/${encodeURIComponent(id)}/trace`;
-    response = await fetch(path);
+    response = await fetch(withKey(path));
   } catch (err) {
     box.replaceChildren(el("p", `cannot fetch the trace: ${err}`));
     return;
