@@ -175,10 +175,7 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
         WebSocketRoute("/ws/node", node_socket),
         Route("/health", health),
         # The operator's views (metrics, dashboard and its live feed, traces) need the admin key once auth is on.
-        *(
-            route if route.path in ("/", "/static/{name}") else operator(route)
-            for route in ops.routes(scheduler, fleet)
-        ),
+        *(route if route.path in PUBLIC_PATHS else operator(route) for route in ops.routes(scheduler, fleet)),
         *(for_clients(route) for route in http_api.routes(scheduler)),
         *(operator(route) for route in views.routes(scheduler, fleet)),
     ]
