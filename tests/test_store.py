@@ -421,3 +421,14 @@ async def test_capacity_freed_by_a_cancel_places_a_waiting_job(store: Store) -> 
     actions = await store.cancel_jobs([(running.job_id, running.cell)], "gap_timeout")
     assert [c.job_id for c in actions if isinstance(c, Cancel)] == [running.job_id]
     assert [(x.job_id, x.node) for x in assigns(actions)] == [(waiting.job_id, a)]
+
+
+async def test_an_unreachable_stale_assign_never_ends_a_newer_registration(store: Store) -> None:
+    a = node_in(store, 0, "a")
+    await add_node(store, a)
+    created = await store.create_job(spec(session=session_in(store, 0)))
+    [assign] = assigns(created.actions)
+    assert assign.conn == f"conn-{a}"  # the registration the store chose the node under
+    await store.register_node(a, "conn-a-again", "inst", 4, b"{}")  # the node registered again meanwhile
+    assert await store.node_gone(a, assign.conn) == []  # the instance that could not reach it: no effect
+    assert (await store.heartbeat_node(a, "conn-a-again", ["zh:en"], 4, b"{}", 8)).ok

@@ -106,6 +106,9 @@ class NodeLink:
         node_id = msg.node_id or p.new_node_id()
         if self.node_id is not None and self.node_id != node_id:
             await self.closed()  # the socket re-registers as another node: the old one is gone
+        # A token per registration, not per socket: an action still naming an earlier registration (a stale
+        # assign whose node was unreachable) never ends this one, even on the same socket.
+        self.conn_token = p.new_uuid()
         self.languages = msg.language_capabilities
         info = p.encode(
             {

@@ -373,8 +373,10 @@ class Scheduler:
         # Nobody can reach the node: it is gone, and its attempts move on at once.
         log.warning("node %s unreachable for job %s; failing over", action.node, action.job_id)
         await self.notify(action.session, action.owner, action.job_id, "ERROR", "NODE_UNAVAILABLE")
+        # Only the socket that held the node when the store chose it: a registration made since (the node
+        # reconnected, here or elsewhere) is not ended by this stale attempt.
         link = self.nodes.get(action.node)
-        await self.apply(await self.store.node_gone(action.node, link.conn_token if link else "*"))
+        await self.apply(await self.store.node_gone(action.node, link.conn_token if link else action.conn or "*"))
 
     async def _deliver(self, outcome: Outcome, forwarded: bool, hops: int) -> None:
         for future in list(self._waiters.get(outcome.job_id, ())):

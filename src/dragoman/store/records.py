@@ -23,6 +23,7 @@ class Assign(msgspec.Struct, frozen=True, tag_field="a", tag="assign"):
     session: str
     owner: str
     pair: str = ""
+    conn: str = ""  # the token of the socket that held the node when it was chosen
     frame: str | None = None  # the stored job_assign after its attempt id; None: the caller has it
 
 

@@ -130,11 +130,11 @@ end
 -- pair (and the reverse pair of a two-way job), room left, not excluded, not blocked for the pair.
 local function usable(node, j, excluded)
   if node == '' or excluded[node] then return nil end
-  local v = redis.call('HMGET', key('node', node), 'grp', 'cap', 'instance', 'blocked:' .. j.pair)
+  local v = redis.call('HMGET', key('node', node), 'grp', 'cap', 'instance', 'blocked:' .. j.pair, 'conn')
   if not v[1] or v[1] == '' or tonumber(v[4] or 0) > NOW or not eligible(v[1], j) then return nil end
   local score = redis.call('ZSCORE', key('grp', v[1]), node)
   if not score or tonumber(score) >= SCALE then return nil end
-  return {node = node, grp = v[1], cap = v[2], instance = v[3] or ''}
+  return {node = node, grp = v[1], cap = v[2], instance = v[3] or '', conn = v[5] or ''}
 end
 
 -- Choose a node for the job: a preferred node if usable, else the least loaded usable node among the
@@ -176,9 +176,9 @@ local function pick(j, prefer)
       while ties < #candidates and candidates[ties + 1].score == candidates[1].score do ties = ties + 1 end
       local i = math.floor(RAND * ties) + 1
       local c = candidates[i]
-      local v = redis.call('HMGET', key('node', c.node), 'cap', 'instance', 'blocked:' .. j.pair)
+      local v = redis.call('HMGET', key('node', c.node), 'cap', 'instance', 'blocked:' .. j.pair, 'conn')
       if tonumber(v[3] or 0) <= NOW then
-        return {node = c.node, grp = c.grp, cap = v[1], instance = v[2] or ''}
+        return {node = c.node, grp = c.grp, cap = v[1], instance = v[2] or '', conn = v[4] or ''}
       end
       table.remove(candidates, i)
     end
@@ -195,9 +195,11 @@ local function unwait(j)
 end
 
 -- The 'assign' action of the job's current attempt; `with_frame` puts the stored job_assign in it.
-local function assign_action(j, instance, with_frame)
-  local action = {a = 'assign', job_id = j.id, node = j.node, instance = instance, attempt = j.attempt,
-                  session = j.session, owner = j.owner, pair = j.pair}
+-- `conn`: the token of the socket that held the node when it was chosen (an instance that cannot reach
+-- the node ends that socket's registration, never a newer one).
+local function assign_action(j, instance, conn, with_frame)
+  local action = {a = 'assign', job_id = j.id, node = j.node, instance = instance, conn = conn,
+                  attempt = j.attempt, session = j.session, owner = j.owner, pair = j.pair}
   if with_frame then action.frame = redis.call('HGET', j.k, 'data') end
   return action
 end
@@ -227,7 +229,7 @@ local function assign(j, chosen, with_frame, extra)
   j.attempt, j.node, j.nodes, j.state, j.nunit, j.ngrp = attempt, node, nodes, 'dispatched', u, chosen.grp
   j.dispatched_ms = NOW
   trace(j, {e = 'assigned', node = node, attempt = attempt, instance = chosen.instance})
-  return assign_action(j, chosen.instance, with_frame)
+  return assign_action(j, chosen.instance, chosen.conn, with_frame)
 end
 
 -- Take the job's attempt off the node and give its capacity back. Idempotent: the node's job set

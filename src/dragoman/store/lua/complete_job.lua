@@ -18,7 +18,8 @@ if split(j.nodes)[attempt] ~= node then return reply({verdict = 'stale', actions
 local by = node .. ' ' .. attempt
 if j.result_of == by then
   if j.state == 'dispatched' then
-    return reply({verdict = 'accepted', actions = {assign_action(j, instance_of(j.node), true)}})
+    local held = redis.call('HMGET', key('node', j.node), 'instance', 'conn')
+    return reply({verdict = 'accepted', actions = {assign_action(j, held[1] or '', held[2] or '', true)}})
   end
   return reply({verdict = 'accepted', actions = {outcome_action(j, j.state, nil)}})
 end
