@@ -139,6 +139,7 @@ class AdoptReply(_Reply, frozen=True):
 
 class FinishReply(_Reply, frozen=True):
     done: bool
+    actions: list[Action] = []
 
 
 class CreateReply(_Reply, frozen=True):

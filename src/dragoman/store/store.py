@@ -795,7 +795,7 @@ class Store:
         actions = [action for reply in replies for action in reply.actions]
         for cell, reply in enumerate(replies):
             for move in reply.moves:
-                await self._finish_stale_move(cell, move.job_id, move.cell)
+                actions += await self._finish_stale_move(cell, move.job_id, move.cell)
             if reply.waiting:
                 actions += await self._rebalance(cell, reply.waiting)
         return actions
@@ -856,26 +856,25 @@ class Store:
             AdoptReply,
         )
         if adopted.status == "no_room":
-            await self._finish(cell, job_id, "returned")
-            return []
+            return await self._finish(cell, job_id, "returned")  # [] or its placement back home
         await self._settle(job["session"], int(job["index"]), job["tgt"], job_id, cell, other, bool(job.get("owner")))
         await self._finish(cell, job_id, "moved")
         frame = job.get("data", "")
         return [msgspec.structs.replace(a, frame=frame) if isinstance(a, Assign) else a for a in adopted.actions]
 
-    async def _finish_stale_move(self, cell: int, job_id: str, other: int) -> None:
+    async def _finish_stale_move(self, cell: int, job_id: str, other: int) -> list[Action]:
         """A move whose mover died: finish it by what the other cell holds."""
         if await self.get_job(job_id, other, search=False) is None:
-            await self._finish(cell, job_id, "returned")
-            return
+            return await self._finish(cell, job_id, "returned")
         record = await self.get_job(job_id, cell, search=False)
         if record is not None:
             await self._settle(record.session, record.index, record.tgt, job_id, cell, other, bool(record.owner))
-        await self._finish(cell, job_id, "moved")
+        return await self._finish(cell, job_id, "moved")
 
-    async def _finish(self, cell: int, job_id: str, how: str) -> None:
+    async def _finish(self, cell: int, job_id: str, how: str) -> list[Action]:
         k = self.keys
-        await self._cell("finish_move", [k.deadlines(cell), k.job(cell, job_id)], [job_id, how], FinishReply)
+        reply = await self._cell("finish_move", [k.deadlines(cell), k.job(cell, job_id)], [job_id, how], FinishReply)
+        return reply.actions
 
 
 def _trace_entry(raw: bytes) -> dict[str, Any]:

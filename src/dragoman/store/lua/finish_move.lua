@@ -2,9 +2,12 @@
 -- goes; 'returned': it did not, so the job waits here again, in its place in the queue.
 -- KEYS[1] the cell's deadlines zset   KEYS[2] the job record
 -- ARGV[1..6] the common header (see _cell.lua)   ARGV[7] job id   ARGV[8] 'moved' | 'returned'
--- Reply {v, done}: false when the job was not moving (another instance finished the move already).
+-- Reply {v, done, actions}: done false when the job was not moving (another instance finished the move
+-- already). A returned job is offered to this cell's nodes at once (one may have got room while it was
+-- away, and its drain did not see the job): the 'assign' then carries the frame.
 local j = load_job(ARGV[7])
-if not j or j.state ~= 'moving' then return reply({done = false}) end
+if not j or j.state ~= 'moving' then return reply({done = false, actions = {}}) end
+local actions = {}
 if ARGV[8] == 'moved' then
   redis.call('DEL', j.k)
   redis.call('ZREM', DEADLINES, j.id)
@@ -13,5 +16,7 @@ else
   make_pending(j)
   redis.call('ZADD', DEADLINES, math.max(until_ms, NOW), j.id)
   redis.call('HDEL', j.k, 'move_to', 'pending_until')
+  local chosen = pick(j)
+  if chosen then actions[1] = assign(j, chosen, true) end
 end
-return reply({done = true})
+return reply({done = true, actions = actions})
