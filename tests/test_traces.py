@@ -125,3 +125,24 @@ async def test_steps_of_a_job_that_is_gone_leave_nothing_behind(dragoman: StartD
     d = await dragoman()
     await d.store.add_traces([("job-gone", 0, {"e": "delivered", "t": 1})], [])
     assert not await d.store.client.exists(d.store.keys.job_trace(0, "job-gone"))
+
+
+async def test_instance_stamped_steps_keep_their_causal_place_whatever_the_clocks_say(
+    dragoman: StartDragoman,
+) -> None:
+    # The cut and the delivery are stamped by an instance's clock, the other steps by the store's. An
+    # instance clock that runs behind or ahead (or in the same millisecond) must not reorder them.
+    d = await dragoman(cells=1)
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await node.start()
+        await client.init(two_way=False)
+        await client.utterance(0, pcm16(100))
+        job = await node.next_job()
+        await node.result(job)
+        await client.outcomes(1)
+        trace = await trace_of(d, job["job_id"])
+    skewed_delivery = {"e": "delivered", "t": int(trace["created_ms"]) - 5_000}  # a clock behind the store's
+    skewed_cut = {"e": "cut", "t": int(trace["delivered_ms"]) + 5_000}  # a clock ahead of it
+    await d.store.add_traces([(job["job_id"], 0, skewed_delivery), (job["job_id"], 0, skewed_cut)], [])
+    steps = [step["e"] for step in await d.store.job_trace(job["job_id"])]
+    assert steps == ["cut", "cut", "created", "assigned", "result", "outcome", "delivered", "delivered"]

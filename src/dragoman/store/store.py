@@ -73,6 +73,9 @@ class StoreConfigError(RuntimeError):
     """The store holds a deployment that these settings cannot serve (a different number of cells)."""
 
 
+_TRACE_RANK = {"cut": 0, "delivered": 2}  # every other step ranks 1 and is ordered by time
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -383,8 +386,10 @@ class Store:
                 pipe.lrange(self.keys.job_trace(cell, job_id), 0, -1)
             lists: list[list[bytes]] = await pipe.execute()
         entries = [_trace_entry(raw) for rows in lists for raw in rows]
-        # The cut comes first whatever its clock says (it is stamped by the instance, to the millisecond).
-        return sorted((e for e in entries if e), key=lambda e: (e.get("e") != "cut", float(e.get("t", 0))))
+        # The scripts' steps are ordered by the store's clock. The cut and the delivery are stamped by an
+        # instance's clock, to the millisecond, and happen before and after every script step: their place
+        # comes from causality, never from comparing two clocks.
+        return sorted((e for e in entries if e), key=lambda e: (_TRACE_RANK.get(e.get("e"), 1), float(e.get("t", 0))))
 
     async def trace_session(self, trace: str) -> str | None:
         """The session whose utterances last carried the trace id, if any is recorded."""
