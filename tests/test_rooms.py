@@ -58,9 +58,13 @@ async def test_create_join_leave_and_lingua_errors(dragoman: StartDragoman) -> N
         assert JOINED_AT.match(first["joined_at"]) and "raw_voice_preferences" not in first
 
         await b.room_join(code, preferred_lang="en")
-        for member in (a, b):
-            ids = [m["session_id"] for m in await member.members(count=2)]
-            assert ids == [a.session_id, b.session_id]  # in joining order
+        # the joiner gets the room's code in a room_create_ack first: lingua's web client takes it from nowhere
+        # else, and ignores room_members (and WebRTC offers) of a room whose code it does not know
+        assert await b.recv() == {"type": "room_create_ack", "room_code": code, "room_id": ack["room_id"]}
+        joined = await b.recv()
+        assert joined["type"] == "room_members" and joined["room_code"] == code
+        for members in (joined["members"], await a.members(count=2)):
+            assert [m["session_id"] for m in members] == [a.session_id, b.session_id]  # in joining order
 
         await b.room_join(code, preferred_lang="en")
         assert await _room_error(b) == {"type": "room_error", "code": "ALREADY_IN_ROOM", "message": "已在房间中"}
@@ -574,28 +578,39 @@ async def test_speaker_socket_closed_cancels_its_room_jobs(dragoman: StartDragom
             await peer.close()
 
 
-async def test_members_without_a_language_receive_nothing_and_alone_a_speaker_gets_its_own(
+async def test_members_without_a_language_receive_nothing_and_a_speaker_nobody_hears_gets_its_own(
     dragoman: StartDragoman,
 ) -> None:
+    """lingua's web client joins and creates rooms without ``preferred_lang``: as in lingua, a speaker whose
+    fellow members have none gets its own job and result, as outside rooms; once one has a language, the job is
+    for that member only, and the member without one still receives nothing."""
     d = await dragoman()
     node = LinguaNode(d.node_url, langs=LANGS)
     await node.start()
-    speaker, silent = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    speaker, silent, listener = [await _client(d.session_url, lang) for lang in LANGS]
     try:
-        ack, _ = await speaker.room_create(preferred_lang="zh")
+        ack, _ = await speaker.room_create()
         await silent.room_join(ack["room_code"])  # no preferred_lang: receives nothing (§11.1)
         await speaker.members(count=2)
         await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
-        await node.expect_nothing(0.4, types={"job_assign"})  # nobody would receive it: no job
-        await silent.room_leave(ack["room_code"])
-        await speaker.members(count=1)
-        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")  # alone: its own job, as outside rooms
-        job = await node.next_job()
-        assert (job["utterance_index"], job["tgt_lang"]) == (1, "en")
+        job = await node.next_job()  # nobody else would hear it: the speaker's own job, as in lingua
+        assert (job["utterance_index"], job["tgt_lang"]) == (0, "en")
         await node.result(job)
-        assert [o["utterance_index"] for o in await speaker.outcomes(1)] == [1]
+        assert [o["utterance_index"] for o in await speaker.outcomes(1)] == [0]
+
+        await listener.room_join(ack["room_code"], preferred_lang="ja")
+        await speaker.members(count=3)
+        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")
+        job = await node.next_job()
+        assert (job["utterance_index"], job["tgt_lang"]) == (1, "ja")  # one job, for the member with a language
+        await node.expect_nothing(0.3, types={"job_assign"})
+        await node.result(job)
+        [heard] = await listener.outcomes(1)
+        assert (heard["session_id"], heard["utterance_index"]) == (speaker.session_id, 1)
+        await speaker.expect_nothing(0.3, types={"translation_result", "missing_result"})
+        await silent.expect_nothing(0.3, types={"translation_result", "missing_result"})
     finally:
-        for peer in (speaker, silent, node):
+        for peer in (speaker, silent, listener, node):
             await peer.close()
 
 

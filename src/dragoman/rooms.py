@@ -384,6 +384,9 @@ class Membership:
             self._error("ROOM_FULL", f"the room is full ({settings.room_max_members} members)")
         else:
             metrics.ROOM_EVENTS.inc("joined")
+            # lingua's web client takes a room's code only from room_create_ack: without one a joiner ignores
+            # every room_members (and so WebRTC offers) and never shows the room. The ack tells it the code.
+            self._send(p.encode(p.RoomCreateAck(room_code=state.code, room_id=state.room_id)))
             await self._entered(RoomView.of(state), member)
 
     async def leave(self, for_resume: bool = False) -> bool:
@@ -484,14 +487,13 @@ class Membership:
     # -- translation fan-out and delivery (§11.1, §12.3) --------------------------------------------
 
     def targets(self) -> list[str] | None:
-        """The target languages of this session's next utterance: None outside a room or alone in one (its
-        own job, as outside rooms); else every distinct ``preferred_lang`` of the other members."""
+        """The target languages of this session's next utterance: every distinct ``preferred_lang`` of the
+        other members; None (its own job, as outside rooms) outside a room, alone in one, or when no other
+        member has a ``preferred_lang``, as lingua does (its web client's room page never sends one)."""
         if self.view is None:
             return None
-        others = [m for m in self.view.members if m.session_id != self.actor.id]
-        if not others:
-            return None
-        return sorted({m.preferred_lang for m in others if m.preferred_lang})
+        langs = {m.preferred_lang for m in self.view.members if m.session_id != self.actor.id and m.preferred_lang}
+        return sorted(langs) if langs else None
 
     def add(self, lang: str, slot: Slot, turn: str) -> tuple[str, ...]:
         """A room job's slot in its language's stream; returns the nodes it should prefer."""
