@@ -327,9 +327,70 @@ async def test_room_full_and_failed_joins_are_limited(dragoman: StartDragoman) -
         assert limited["code"] == "INTERNAL_ERROR" and "too many failed room joins" in limited["message"]
         await bob.room_join(ack["room_code"], preferred_lang="en")  # another socket is not limited
         await bob.members(count=2)
+        assert not await d.store.client.keys("*roomjoin*")  # without client keys, no budget in the store
     finally:
         for client in (alice, bob, carol):
             await client.close()
+
+
+async def test_failed_joins_are_limited_per_client_key_across_sockets_and_instances(any_store_url: str) -> None:
+    """The sockets of one client key share a budget of failed joins, on every instance (in the store); a
+    right code does not use it up; another key, and browsers admitted by their Origin, keep their own."""
+    prefix, origin = f"roomkeys-{uuid.uuid4().hex[:8]}", "https://talk.example.org"
+    auth = {"client_keys": ("app:app-key", "other:other-key"), "allowed_origins": (origin,)}
+    limits = {"room_join_failures": 5, "room_join_key_failures": 3, "room_join_window_ms": 3000}
+    a, b = [await start_dragoman(any_store_url, prefix=prefix, cells=max(2, CELLS), **auth, **limits) for _ in "ab"]
+
+    async def opened(instance: Running, key: str = "", lang: str = "en") -> LinguaWebClient:
+        client = LinguaWebClient(instance.session_url + (f"?key={key}" if key else ""))
+        if not key:
+            client.headers = {"Origin": origin}
+        await client.open()
+        await client.init(two_way=False, src_lang=lang, tgt_lang="en")
+        return client
+
+    host = await opened(a, "other-key", "zh")
+    app_a, app_b, other, page_1, page_2 = [
+        await opened(*where) for where in ((a, "app-key"), (b, "app-key"), (b, "other-key"), (a,), (b,))
+    ]
+    clients = (host, app_a, app_b, other, page_1, page_2)
+    try:
+        ack, _ = await host.room_create(preferred_lang="zh")
+        code = ack["room_code"]
+        wrong = "100000" if code != "100000" else "100001"
+        await app_a.room_join(code, preferred_lang="en")  # a right code gives its attempt back
+        await app_a.members(count=2)
+        await app_a.room_leave(code)
+        await host.members(count=1)
+        for client in (app_a, app_b, app_a):  # the key's 3 failures, from two sockets on two instances
+            await client.room_join(wrong)
+            assert (await _room_error(client))["code"] == "ROOM_NOT_FOUND"
+        for client in (app_b, app_a):  # either socket, even with the right code
+            await client.room_join(code, preferred_lang="en")
+            limited = await _room_error(client)
+            assert limited["code"] == "INTERNAL_ERROR"
+            assert "too many failed room joins with this client key; retry in" in limited["message"]
+        retry_ms = int(re.findall(r"retry in (\d+) ms", limited["message"])[0])
+        assert 0 < retry_ms <= 3000
+
+        await other.room_join(wrong)  # another key is not limited
+        assert (await _room_error(other))["code"] == "ROOM_NOT_FOUND"
+        for _ in range(5):  # a browser page has the per-socket budget only: more failures than the key's
+            await page_1.room_join(wrong)
+            assert (await _room_error(page_1))["code"] == "ROOM_NOT_FOUND"
+        await page_1.room_join(wrong)
+        assert "from this connection" in (await _room_error(page_1))["message"]
+        await page_2.room_join(code, preferred_lang="ja")  # another page (same Origin) is not limited
+        await page_2.members(count=2)
+
+        await asyncio.sleep(retry_ms / 1000 + 0.2)  # the key's window is over: it may try again
+        await app_b.room_join(code, preferred_lang="en")
+        assert len(await app_b.members(count=3)) == 3
+    finally:
+        for client in clients:
+            await client.close()
+        for instance in (a, b):
+            await instance.stop()
 
 
 async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[Running, Running]) -> None:

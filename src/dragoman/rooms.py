@@ -144,7 +144,8 @@ class _Stream:
 
 
 class JoinLimiter:
-    """Failed joins of one socket: at most ``limit`` per ``window_ms`` (room codes are guessable)."""
+    """Failed joins of one socket: at most ``limit`` per ``window_ms`` (room codes are guessable). The sockets
+    of one client key also share a budget in the store (``Store.take_join_attempt``)."""
 
     def __init__(self, limit: int, window_ms: int) -> None:
         self.window_ms = window_ms
@@ -170,7 +171,17 @@ class Rooms:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        self._client_keys: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         metrics.ROOM_MEMBERS.read = lambda: sum(1 for a in scheduler.sessions.values() if a.room.view is not None)
+
+    def admitted_by_key(self, conn: Connection, client_key: str) -> None:
+        """``conn`` presented the client key named ``client_key``: its failed joins count against the key too."""
+        self._client_keys[conn] = client_key
+
+    def client_key(self, conn: Connection) -> str:
+        """The name of the client key ``conn`` was admitted with; "" without one (no authentication, or a
+        browser admitted by its Origin: any page may claim one, and a shared budget would let one lock out all)."""
+        return self._client_keys.get(conn, "")
 
     async def send(self, members: list[RoomMember], frame: bytes, room: str | None = None, only_in: str = "") -> int:
         """A frame for members: each one's actor if held here, else one post to each other instance that holds
@@ -370,9 +381,20 @@ class Membership:
         if self._refused_member(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
+        # The key's budget is taken before the lookup and given back unless the code was wrong (or the store
+        # failed meanwhile): concurrent joins of the key's sockets cannot overrun it.
+        client_key = self._scheduler.rooms.client_key(self.actor.conn) if settings.room_join_key_failures else ""
+        if client_key:
+            budget, window = settings.room_join_key_failures, settings.room_join_window_ms
+            if wait := await store.take_join_attempt(client_key, budget, window):
+                metrics.ROOM_EVENTS.inc("join_limited")
+                self._error("INTERNAL_ERROR", f"too many failed room joins with this client key; retry in {wait} ms")
+                return
         room_id = await store.room_of_code(msg.room_code) if msg.room_code.isdigit() else None
         member = self._member(msg.display_name, msg.preferred_lang)
         state = await store.join_room(room_id, member) if room_id else None
+        if client_key and state is not None and state.status != "not_found":
+            await store.give_back_join_attempt(client_key)
         if state is None or state.status == "not_found":
             limiter.failed(now)
             metrics.ROOM_EVENTS.inc("join_failed")
