@@ -7,13 +7,11 @@ every record logged while they are set, so no call site has to repeat them.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 CONTEXT_FIELDS = ("session_id", "job_id", "node_id", "trace_id")
@@ -27,17 +25,6 @@ def bind(**ids: str | None) -> None:
     """Set ids for the rest of the current task (a session's actor, a node's socket)."""
     for name, value in ids.items():
         _context[name].set(value)
-
-
-@contextlib.contextmanager
-def bound(**ids: str | None) -> Iterator[None]:
-    """Set ids for the lines logged inside the block (one job's handling)."""
-    tokens = [(_context[name], _context[name].set(value)) for name, value in ids.items()]
-    try:
-        yield
-    finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
 
 
 class ContextFilter(logging.Filter):

@@ -191,12 +191,12 @@ class NodeLink:
         task.add_done_callback(self._results.discard)
 
     async def _logged_result(self, msg: p.JobResult, raw: str | bytes) -> None:
-        with logs.bound(job_id=msg.job_id, trace_id=msg.trace_id):
-            try:
-                await self._result(msg, raw)
-            except Exception:  # a store outage past store_retry_ms, or a bug: the job's deadline moves it on
-                metrics.STORE_ERRORS.inc()
-                log.exception("node %s: failed to handle the result for %s", self.node_id, p.excerpt(msg.job_id))
+        logs.bind(job_id=msg.job_id, trace_id=msg.trace_id)  # for this task's lines: a task per result
+        try:
+            await self._result(msg, raw)
+        except Exception:  # a store outage past store_retry_ms, or a bug: the job's deadline moves it on
+            metrics.STORE_ERRORS.inc()
+            log.exception("node %s: failed to handle the result for %s", self.node_id, p.excerpt(msg.job_id))
 
     async def _result(self, msg: p.JobResult, raw: str | bytes) -> None:
         assert self.node_id is not None
