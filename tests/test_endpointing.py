@@ -21,7 +21,7 @@ from dragoman.client.translate import TranslateOptions, translate
 from dragoman.config import ConfigError, Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import write_wav
-from dragoman.segmenter import CONSONANT_MS, Cut, CutReason, Segmenter
+from dragoman.segmenter import CHUNK_LATE_MS, CONSONANT_MS, Cut, CutReason, Segmenter, required_silence_ms
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, silence_chunk, voiced_chunk
@@ -85,7 +85,10 @@ def test_one_endpoint_cut_per_sentence_and_none_for_the_background(background: f
     assert [c.reason for _, c in cuts] == [CutReason.ENDPOINT] * 3
     for i, (at, cut) in enumerate(cuts):
         end_of_sentence = LEAD_MS + i * (SENTENCE_MS + PAUSE_MS) + SENTENCE_MS
-        assert end_of_sentence + END - CHUNK_MS <= at <= end_of_sentence + END + CHUNK_MS
+        # 2 s of speech need less than endpoint_silence_ms of pause (required_silence_ms), found a chunk late at most
+        required = required_silence_ms(V, SENTENCE_MS)
+        assert V.endpoint_min_silence_ms < required < END
+        assert end_of_sentence + required - CHUNK_MS <= at <= end_of_sentence + required + 2 * CHUNK_MS
         assert cut.voice_ms >= 500
         # Only the speech and its margins are sent: at most the lead-in, the sentence and the tail.
         assert cut.duration_ms <= V.voice_lead_in_ms + SENTENCE_MS + V.voice_tail_ms + PACKET_MS
@@ -171,12 +174,31 @@ def test_unpitched_packets_continue_speech_for_a_final_consonant_only() -> None:
 
 def test_a_client_that_stops_sending_is_cut_when_the_pause_would_be_long_enough() -> None:
     s = Segmenter(V)
-    s.on_chunk(voiced_chunk(packets=30) + silence_chunk(packets=10), False, 1000)  # 200 ms of pause so far
+    s.on_chunk(voiced_chunk(packets=30), False, 800)
+    s.on_chunk(silence_chunk(packets=10), False, 1000)  # 200 ms of pause so far
     assert s.timer_deadline() == 1000 + END - 200
     assert s.on_timer(1000 + END - 201) == []
     [cut] = s.on_timer(1000 + END - 200)
     assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 600
     assert s.timer_deadline() is None or s.on_timer(10_000) == []  # what is left is non-voice: no cut
+
+
+def test_a_short_pause_seen_waits_for_the_audio_on_its_way_before_the_clock_cuts() -> None:
+    """A long utterance ends at endpoint_min_silence_ms; a shorter pause at the end of a chunk may be a comma
+    whose end is in the next chunk, so the clock does not cut before that chunk is late."""
+    s = Segmenter(V)
+    s.on_chunk(voiced_chunk(packets=130), False, 2600)  # 2.6 s of speech: endpoint_min_silence_ms is enough
+    s.on_chunk(silence_chunk(packets=13), False, 2860)  # 260 ms of pause so far
+    assert s.timer_deadline() == 2860 + 260 + CHUNK_LATE_MS  # not 2860 + (380 - 260): the chunk is due at 3120
+    assert s.on_chunk(voiced_chunk(packets=13), False, 3120) == []  # it came: the pause was a comma
+    [cut] = s.on_chunk(silence_chunk(packets=V.endpoint_min_silence_ms // PACKET_MS), False, 3500)
+    assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 143 * PACKET_MS
+    s.on_chunk(voiced_chunk(packets=88), False, 6000)  # 1.76 s of speech: more than 380 ms of pause is needed
+    s.on_chunk(silence_chunk(packets=20), False, 6400)  # 400 ms seen: the audio on its way is taken to be pause
+    required = required_silence_ms(V, 88 * PACKET_MS)
+    assert s.timer_deadline() == 6400 + required - 400 < 6400 + 400
+    [cut] = s.on_timer(6400 + required - 400)
+    assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 88 * PACKET_MS
 
 
 def test_voice_resuming_before_the_deadline_continues_the_utterance() -> None:
