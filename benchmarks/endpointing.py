@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -287,7 +288,21 @@ async def _streamed(run: Run, url: str, runs: dict[str, Run]) -> None:
         await client.init()
         assert client.session_id is not None
         runs[client.session_id] = run
-        await _send(run, client)
+        reading = asyncio.create_task(_read(client))
+        try:
+            await _send(run, client)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
+async def _read(client: LinguaWebClient) -> None:
+    """Read what the session sends, as the web client does: a socket left unread stops answering pings and is
+    disconnected (``ws_ping_timeout_ms``)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await client.recv(timeout=60)
 
 
 def web_client_chunks(run: Run) -> list[tuple[bytes, bool]]:

@@ -307,6 +307,43 @@ async def test_noisy_stream_makes_one_job_per_sentence_with_pause_flags(
         await node.expect_nothing(0.3, types={"job_assign"})
 
 
+def speech_with_pauses(sentences_ms: list[int], pause_ms: int, background: float) -> bytes:
+    """Speech-like sentences of the given lengths separated by ``pause_ms``, in noise, with 1.5 s after the last."""
+    parts = [noise(LEAD_MS, background, 100)]
+    for i, ms in enumerate(sentences_ms):
+        pause = pause_ms if i + 1 < len(sentences_ms) else 1500
+        parts += [mix(speechlike(ms, seed=10 + i), noise(ms, background, 20 + i)), noise(pause, background, 30 + i)]
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("sentences_ms", "jobs"),
+    [
+        ([3000, 3000, 3000], 3),  # long sentences end at a short pause
+        ([800, 3000], 1),  # the same pause after a few words is taken for a hesitation
+    ],
+)
+async def test_a_short_pause_ends_a_long_utterance_only(
+    dragoman: StartDragoman, sentences_ms: list[int], jobs: int
+) -> None:
+    """450 ms pauses, shorter than endpoint_silence_ms and longer than endpoint_min_silence_ms (with the unvoiced
+    edges of the words around them, 440-470 ms of non-voice), in noise at -40 dBFS."""
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await node.start()
+        await client.init()
+        for chunk in chunks_of(speech_with_pauses(sentences_ms, 450, -40)):
+            await client.chunk(chunk)
+        got = [await node.next_job() for _ in range(jobs)]
+        await node.expect_nothing(0.5, types={"job_assign"})
+    assert [j["is_timeout_triggered"] for j in got] == [True] * jobs
+    audio_ms = [len(parse_plan_a(base64.b64decode(j["audio"]))) * PACKET_MS for j in got]
+    if jobs == len(sentences_ms):  # each job holds one sentence and its margins
+        assert all(3000 <= ms <= 3000 + V.voice_lead_in_ms + V.voice_tail_ms + CONSONANT_MS for ms in audio_ms)
+    else:  # one job holds both, and the pause between them
+        assert audio_ms[0] >= sum(sentences_ms) + 450
+
+
 async def test_lingua_switch_keeps_byte_for_byte_audio(dragoman: StartDragoman, noisy: list[bytes]) -> None:
     d = await dragoman(endpointing="lingua")
     async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
