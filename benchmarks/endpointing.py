@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dragoman.config import Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import load_audio
-from dragoman.segmenter import Segmenter, speech_packets
+from dragoman.segmenter import Segmenter, required_silence_ms, speech_packets
 from dragoman.store.embedded import EmbeddedStore
 from dragoman.voice import packet_activity
 
@@ -160,15 +160,20 @@ class Figures:
     all_ms: list[float] = field(default_factory=list)  # the same for every sentence (a merged one waits longer)
     sent_ms: int = 0
     speech_ms: int = 0
+    # voice: the same latency less the silence the rule required of that job (``required_silence_ms`` of its speech)
+    beyond_ms: list[float] = field(default_factory=list)
 
 
-def analyse(run: Run) -> Figures:
+def analyse(run: Run, voice: Settings | None = None) -> Figures:
     f = Figures(sentences=len(run.test.spans), jobs=len(run.jobs), speech_ms=run.test.speech_ms)
     covered: list[list[int]] = [[] for _ in run.test.spans]  # the jobs over each sentence
     last_sentence: dict[int, int] = {}  # job -> the last sentence it holds part of
     cursor = 0
+    required: dict[int, int] = {}  # voice: job -> the pause that ended it
     for j, (_, job) in enumerate(run.jobs):
         packets = parse_plan_a(base64.b64decode(job["audio"]))
+        if voice is not None:
+            required[j] = required_silence_ms(voice, _speech_ms(packets))
         start = _find(run.packets, packets, cursor)
         cursor = start + len(packets)
         begin, end = start * PACKET_MS, cursor * PACKET_MS
@@ -186,6 +191,8 @@ def analyse(run: Run) -> Figures:
             f.all_ms.append(latency)
             if last_sentence[jobs[-1]] == i:
                 f.ending_ms.append(latency)
+                if jobs[-1] in required:
+                    f.beyond_ms.append(latency - required[jobs[-1]])
     job_sentences: dict[int, int] = {}
     for jobs in covered:
         for j in jobs:
@@ -198,6 +205,12 @@ def analyse(run: Run) -> Figures:
         elif len(jobs) == 1:
             f.found += 1
     return f
+
+
+def _speech_ms(packets: list[bytes]) -> int:
+    """From the first voiced packet to the end of speech, as the ``Segmenter`` measures an utterance."""
+    speech = [k for k, is_speech in enumerate(speech_packets(packets, 10)) if is_speech]
+    return (speech[-1] + 1 - speech[0]) * PACKET_MS if speech else 0
 
 
 def _find(stream: list[bytes], run: list[bytes], start: int) -> int:
@@ -365,15 +378,15 @@ def report(plan: list[Run], voice: Settings) -> None:
     print(f"\nvoice: {_rule(voice)}\n")
     print(
         "| background | mode | sentences found / split / merged (of n) | jobs | jobs with no speech "
-        "| end of speech → `job_assign` p50 / p95 / max (ms), sentences ending a job | the same, every sentence "
-        "| audio s sent per s of speech |"
+        "| end of speech → `job_assign` p50 / p95 / max (ms), sentences ending a job "
+        "| the same less the required silence | the same, every sentence | audio s sent per s of speech |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in plan:
-        f = analyse(run)
+        f = analyse(run, voice if run.mode == "voice" else None)
         print(
             f"| {_background(run.background)} | {run.mode} | {f.found} / {f.split} / {f.merged} (of {f.sentences}) "
-            f"| {f.jobs} | {f.voiceless_jobs} | {_spread(f.ending_ms)} | {_spread(f.all_ms)} "
+            f"| {f.jobs} | {f.voiceless_jobs} | {_spread(f.ending_ms)} | {_spread(f.beyond_ms)} | {_spread(f.all_ms)} "
             f"| {f.sent_ms / f.speech_ms:.2f} |"
         )
 
