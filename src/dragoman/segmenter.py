@@ -194,7 +194,7 @@ class _VoiceBuffer:
 def speech_packets(packets: list[bytes], silence_packet_max_bytes: int) -> list[bool]:
     """Which packets of a stream ``endpointing = "voice"`` takes for speech (voiced, or a final consonant after
     voice); the runs of the others are the pauses it can see (benchmarks/endpointing.py measures them)."""
-    buf = _VoiceBuffer(silence_packet_max_bytes, lead_in=0, tail=0)
+    buf = _VoiceBuffer(silence_packet_max_bytes, lead_in=len(packets), tail=0)  # trims nothing
     speech = []
     for packet in packets:
         buf.add(packet)
