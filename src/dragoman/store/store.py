@@ -39,6 +39,7 @@ from dragoman.store.records import (
     InstanceRecord,
     JobRecord,
     JobSpec,
+    JoinBudgetReply,
     MarkReply,
     NodeRecord,
     ProbeReply,
@@ -618,6 +619,19 @@ class Store:
             async with self._connection():
                 await self.client.pexpire(self.keys.room_code(state.code), self._room_keep_ms())
         return state
+
+    async def take_join_attempt(self, client_key: str, budget: int, window_ms: int) -> int:
+        """Take one room-join attempt from ``client_key``'s budget of ``budget`` per ``window_ms`` (on every
+        socket and instance); 0 if taken, else the ms until the budget is renewed."""
+        args = ["take", budget, window_ms]
+        reply = await self._script("room_join_budget", [self.keys.room_join_budget(client_key)], args, JoinBudgetReply)
+        return 0 if reply.allowed else max(1, reply.retry_after_ms)
+
+    async def give_back_join_attempt(self, client_key: str) -> None:
+        """The attempt taken for a join whose code was right (or that was refused before the lookup)."""
+        await self._script(
+            "room_join_budget", [self.keys.room_join_budget(client_key)], ["give_back", 0, 0], JoinBudgetReply
+        )
 
     async def leave_room(self, room: str, session: str) -> RoomState:
         state = await self._room("room_leave", room, [session])
