@@ -232,10 +232,6 @@ class Segmenter:
     def _tts_playing(self, now: float) -> bool:
         return self._tts_since is not None and now - self._tts_since < self._s.tts_playing_max_ms
 
-    def _required_silence_ms(self) -> int:
-        assert isinstance(self._buf, _VoiceBuffer)
-        return required_silence_ms(self._s, self._buf.speech_ms)
-
     def on_chunk(self, payload: bytes, is_final: bool, now: float, client_ts: int | None = None) -> list[Cut]:
         cuts: list[Cut] = []
         gap = self._last_chunk is not None and now - self._last_chunk > self._s.pause_ms
@@ -277,7 +273,7 @@ class Segmenter:
             packets += 1
             if buf.add(packet):
                 self._last_voiced = now
-            elif buf.voiced and buf.trailing_ms >= self._required_silence_ms():
+            elif buf.voiced and buf.trailing_ms >= required_silence_ms(self._s, buf.speech_ms):
                 cuts += self._cut(CutReason.ENDPOINT)
                 self._client_ts = client_ts
         self._last_chunk_ms = packets * PACKET_MS or self._last_chunk_ms
@@ -288,12 +284,16 @@ class Segmenter:
         voice meanwhile; a client that stops sending is taken to be silent. The audio on its way is taken to
         continue the pause only once the pause seen is ``endpoint_min_silence_ms`` long (longer than pauses
         inside sentences): before, the cut waits for that audio, or for the chunk to be ``CHUNK_LATE_MS`` late."""
-        if not isinstance(self._buf, _VoiceBuffer) or not self._buf.voiced or self._last_chunk is None:
+        buf = self._buf
+        if (
+            not isinstance(buf, _VoiceBuffer)
+            or not buf.voiced
+            or self._last_chunk is None
+            or self._tts_since is not None
+        ):
             return None
-        if self._tts_since is not None:
-            return None
-        pause = self._buf.trailing_ms
-        wait = self._required_silence_ms() - pause
+        pause = buf.trailing_ms
+        wait = required_silence_ms(self._s, buf.speech_ms) - pause
         if pause < self._s.endpoint_min_silence_ms:
             wait = max(wait, self._last_chunk_ms + CHUNK_LATE_MS)
         return self._last_chunk + wait
