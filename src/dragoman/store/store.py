@@ -17,9 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+import hiredis
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 
 from dragoman.config import Settings
 from dragoman.store.keys import Keys
@@ -110,7 +112,38 @@ def connect(url: str, max_connections: int, timeout_s: float) -> redis.Redis:
         )
         return cluster
     pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout_s)
+    pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
     return redis.Redis(connection_pool=pool, decode_responses=False, health_check_interval=0)
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis (C) instead of redis-py's loop in Python, about five times faster: every
+    script call carries some twenty arguments (redis-py's asyncio connections do not use hiredis for this)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str) and " " in first:  # "CONFIG GET": separate words, as redis-py sends them
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _TcpConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _UnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+class _TlsConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _TcpConnection,
+    UnixDomainSocketConnection: _UnixConnection,
+    SSLConnection: _TlsConnection,
+}
 
 
 def _s(value: bytes | str) -> str:
