@@ -17,7 +17,15 @@ the sentences are. Reported per mode and background: sentences found alone in on
 (p50 / p95 / max, over the sentences that end their job, and over every sentence: one merged into the next waits
 for it), and audio seconds sent per second of speech.
 
-    python benchmarks/endpointing.py [--sentences 10] [--endpoint-silence-ms 800] [--synthetic]
+``--runs`` prints instead what any cut rule has to work with: the runs of non-voice (as ``endpointing = "voice"``
+judges packets) inside each sentence and at each pause, and the speech before them. ``--sweep`` replays the test
+set through the ``Segmenter`` in-process (no server; the same chunk timing) for a grid of
+``endpoint_min_silence_ms`` × ``endpoint_long_utterance_ms`` and prints found / split / merged over the four
+backgrounds. ``--rate`` and ``--joined`` make the test set harder: a slower speaker (espeak-ng words per minute,
+160 by default: longer words, and longer pauses at commas), or sentences two by two joined by ", and" (6-8 s).
+
+    python benchmarks/endpointing.py [--sentences 10] [--set NAME=VALUE ...] [--synthetic] [--rate WPM] [--joined]
+    python benchmarks/endpointing.py --runs | --sweep   [--rate WPM] [--joined]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -36,8 +45,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from dragoman.config import Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import load_audio
+from dragoman.segmenter import Segmenter, required_silence_ms, speech_packets
 from dragoman.store.embedded import EmbeddedStore
 from dragoman.voice import packet_activity
 
@@ -64,7 +75,7 @@ CHUNK_MS = CHUNK_PACKETS * PACKET_MS
 GATE_SILENCE_MS = 3250  # lingua's web client: its silence detector fires after about 3 s + 250 ms
 
 
-def spoken(count: int, synthetic: bool) -> tuple[list[bytes], str]:
+def spoken(count: int, synthetic: bool, rate: int = 160, joined: bool = False) -> tuple[list[bytes], str]:
     """The sentences as 16 kHz s16le, trimmed to where the speech is."""
     espeak = None if synthetic else shutil.which("espeak-ng")
     if espeak is None:
@@ -73,9 +84,12 @@ def spoken(count: int, synthetic: bool) -> tuple[list[bytes], str]:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(count):
             wav = Path(tmp) / f"{i}.wav"
-            subprocess.run([espeak, "-v", "en", "-s", "160", "-w", str(wav), SENTENCES[i % len(SENTENCES)]], check=True)
+            text = SENTENCES[i % len(SENTENCES)]
+            if joined:
+                text = text.rstrip(".?") + ", and " + SENTENCES[(i + 1) % len(SENTENCES)].lower()
+            subprocess.run([espeak, "-v", "en", "-s", str(rate), "-w", str(wav), text], check=True)
             out.append(_trim(load_audio(wav).pcm))
-    return out, "espeak-ng"
+    return out, f"espeak-ng at {rate} words a minute" + (", sentences joined two by two" if joined else "")
 
 
 def _trim(pcm: bytes, threshold: int = 64) -> bytes:
@@ -146,15 +160,20 @@ class Figures:
     all_ms: list[float] = field(default_factory=list)  # the same for every sentence (a merged one waits longer)
     sent_ms: int = 0
     speech_ms: int = 0
+    # voice: the same latency less the silence the rule required of that job (``required_silence_ms`` of its speech)
+    beyond_ms: list[float] = field(default_factory=list)
 
 
-def analyse(run: Run) -> Figures:
+def analyse(run: Run, voice: Settings | None = None) -> Figures:
     f = Figures(sentences=len(run.test.spans), jobs=len(run.jobs), speech_ms=run.test.speech_ms)
     covered: list[list[int]] = [[] for _ in run.test.spans]  # the jobs over each sentence
     last_sentence: dict[int, int] = {}  # job -> the last sentence it holds part of
     cursor = 0
+    required: dict[int, int] = {}  # voice: job -> the pause that ended it
     for j, (_, job) in enumerate(run.jobs):
         packets = parse_plan_a(base64.b64decode(job["audio"]))
+        if voice is not None:
+            required[j] = required_silence_ms(voice, _speech_ms(packets))
         start = _find(run.packets, packets, cursor)
         cursor = start + len(packets)
         begin, end = start * PACKET_MS, cursor * PACKET_MS
@@ -172,6 +191,8 @@ def analyse(run: Run) -> Figures:
             f.all_ms.append(latency)
             if last_sentence[jobs[-1]] == i:
                 f.ending_ms.append(latency)
+                if jobs[-1] in required:
+                    f.beyond_ms.append(latency - required[jobs[-1]])
     job_sentences: dict[int, int] = {}
     for jobs in covered:
         for j in jobs:
@@ -184,6 +205,12 @@ def analyse(run: Run) -> Figures:
         elif len(jobs) == 1:
             f.found += 1
     return f
+
+
+def _speech_ms(packets: list[bytes]) -> int:
+    """From the first voiced packet to the end of speech, as the ``Segmenter`` measures an utterance."""
+    speech = [k for k, is_speech in enumerate(speech_packets(packets, 10)) if is_speech]
+    return (speech[-1] + 1 - speech[0]) * PACKET_MS if speech else 0
 
 
 def _find(stream: list[bytes], run: list[bytes], start: int) -> int:
@@ -205,26 +232,47 @@ def activity_cost_us(packets: list[bytes]) -> float:
     return best / len(packets) * 1e6
 
 
+def segmenter_cost_us(plan: list[Run], settings: Settings) -> float:
+    """What the ``Segmenter`` costs per packet of the web client's chunks, voice activity and cut rules
+    included (timers and metrics too), best of three passes."""
+    chunks = [chunk for run in plan for chunk, _ in web_client_chunks(run)]
+    packets = sum(len(run.packets) for run in plan)
+    best = float("inf")
+    for _ in range(3):
+        segmenter = Segmenter(settings)
+        started = time.perf_counter()
+        for k, chunk in enumerate(chunks):
+            segmenter.on_chunk(chunk, False, k * CHUNK_MS)
+        best = min(best, time.perf_counter() - started)
+    return best / packets * 1e6
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def main(count: int, endpoint_silence_ms: int, synthetic: bool) -> None:
-    speech, source = spoken(count, synthetic)
+def prepared(args: argparse.Namespace, modes: tuple[str, ...]) -> list[Run]:
+    speech, source = spoken(args.sentences, args.synthetic, args.rate, args.joined)
     print(
-        f"speech: {source}, {count} sentences of {min(len(s) for s in speech) // 32}-"
+        f"speech: {source}, {args.sentences} sentences of {min(len(s) for s in speech) // 32}-"
         f"{max(len(s) for s in speech) // 32} ms; pauses (ms): {test_set(speech, None).pauses}"
     )
-    modes = ("voice", "lingua")
     plan = [Run(mode, bg, test_set(speech, bg)) for bg in BACKGROUNDS for mode in modes]
     for run in plan:  # before anything runs: encoding takes the event loop for seconds
         run.packets = encode_plan_a(run.test.pcm)
+    return plan
+
+
+async def main(args: argparse.Namespace, voice: Settings) -> None:
+    plan = prepared(args, ("voice", "lingua"))
     print(f"voice activity: {activity_cost_us([p for run in plan for p in run.packets]):.1f} µs of CPU per packet")
+    print(f"Segmenter (voice): {segmenter_cost_us(plan, voice):.1f} µs of CPU per packet, all rules included")
     store = EmbeddedStore(tempfile.mkdtemp(prefix="dragoman-ep-"))
     url = await store.start()
+    overrides = {name: getattr(voice, name) for name in args.overrides}
     instances = {
-        "voice": await start_dragoman(url, endpointing="voice", endpoint_silence_ms=endpoint_silence_ms),
+        "voice": await start_dragoman(url, endpointing="voice", **overrides),
         "lingua": await start_dragoman(url, endpointing="lingua"),
     }
     done = asyncio.Event()
@@ -244,7 +292,7 @@ async def main(count: int, endpoint_silence_ms: int, synthetic: bool) -> None:
         for d in instances.values():
             await d.stop()
         await store.stop()
-    report(plan, endpoint_silence_ms)
+    report(plan, voice)
 
 
 async def _streamed(run: Run, url: str, runs: dict[str, Run]) -> None:
@@ -253,49 +301,92 @@ async def _streamed(run: Run, url: str, runs: dict[str, Run]) -> None:
         await client.init()
         assert client.session_id is not None
         runs[client.session_id] = run
-        await _send(run, client)
+        reading = asyncio.create_task(_read(client))
+        try:
+            await _send(run, client)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
+async def _read(client: LinguaWebClient) -> None:
+    """Read what the session sends, as the web client does: a socket left unread stops answering pings and is
+    disconnected (``ws_ping_timeout_ms``)."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await client.recv(timeout=60)
+
+
+def web_client_chunks(run: Run) -> list[tuple[bytes, bool]]:
+    """The chunks lingua's web client sends for a test set, one every 260 ms of audio, and whether an
+    ``is_final`` follows each."""
+    out = []
+    silent_ms = 0
+    for k in range(0, len(run.packets), CHUNK_PACKETS):
+        chunk_no = k // CHUNK_PACKETS
+        pcm = run.test.pcm[chunk_no * CHUNK_MS * 32 : (chunk_no + 1) * CHUNK_MS * 32]
+        silent_ms = silent_ms + CHUNK_MS if not any(pcm) else 0  # the level gate sees digital silence only
+        out.append((plan_a(run.packets[k : k + CHUNK_PACKETS]), silent_ms >= GATE_SILENCE_MS))
+    return out
 
 
 async def _send(run: Run, client: LinguaWebClient) -> None:
     """Stream a test set as lingua's web client does, in real time."""
     run.started = time.monotonic()
-    silent_ms = 0
-    for k in range(0, len(run.packets), CHUNK_PACKETS):
-        chunk_no = k // CHUNK_PACKETS
+    for chunk_no, (chunk, final_after) in enumerate(web_client_chunks(run)):
         delay = run.started + (chunk_no + 1) * CHUNK_MS / 1000 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        pcm = run.test.pcm[chunk_no * CHUNK_MS * 32 : (chunk_no + 1) * CHUNK_MS * 32]
-        silent_ms = silent_ms + CHUNK_MS if not any(pcm) else 0  # the level gate sees digital silence only
-        await client.chunk(plan_a(run.packets[k : k + CHUNK_PACKETS]))
-        if silent_ms >= GATE_SILENCE_MS:
+        await client.chunk(chunk)
+        if final_after:
             await client.chunk(b"", is_final=True)
     await asyncio.sleep(4.0)  # keep the session open while lingua's pause timer runs out
+
+
+def replayed(run: Run, settings: Settings) -> Run:
+    """``--sweep``: the cuts of the ``Segmenter`` alone for the web client's chunks, at the times they are sent
+    (the timers run between chunks); no server, no network: the endpointing rule and nothing else."""
+    segmenter = Segmenter(settings)
+    run.jobs = []
+
+    def cut(at_ms: float, cuts: list[Any]) -> None:
+        run.jobs += [(at_ms / 1000, {"audio": base64.b64encode(c.audio).decode()}) for c in cuts]
+
+    for chunk_no, (chunk, final_after) in enumerate(web_client_chunks(run)):
+        now = (chunk_no + 1) * CHUNK_MS
+        while (due := segmenter.timer_deadline()) is not None and due < now:
+            cut(due, segmenter.on_timer(due))
+        cut(now, segmenter.on_chunk(chunk, False, now))
+        if final_after:
+            cut(now, segmenter.on_chunk(b"", True, now))
+    return run
 
 
 def _background(bg: float | None) -> str:
     return "digital silence" if bg is None else f"noise {bg:g} dBFS"
 
 
-def report(plan: list[Run], endpoint_silence_ms: int) -> None:
-    pauses = plan[0].test.pauses
-    short = [i for i, pause in enumerate(pauses) if pause < endpoint_silence_ms]
-    joined = len({i for k in short for i in (k, k + 1)})
-    print(
-        f"\nendpoint_silence_ms = {endpoint_silence_ms} (voice): {len(short)} of the {len(pauses)} pauses are "
-        f"shorter, so {joined} sentences are expected to be merged with a neighbour\n"
+def _rule(s: Settings) -> str:
+    return (
+        f"endpoint_silence_ms {s.endpoint_silence_ms} up to {s.endpoint_short_utterance_ms} ms of speech, "
+        f"endpoint_min_silence_ms {s.endpoint_min_silence_ms} from {s.endpoint_long_utterance_ms} ms"
     )
+
+
+def report(plan: list[Run], voice: Settings) -> None:
+    print(f"\nvoice: {_rule(voice)}\n")
     print(
         "| background | mode | sentences found / split / merged (of n) | jobs | jobs with no speech "
-        "| end of speech → `job_assign` p50 / p95 / max (ms), sentences ending a job | the same, every sentence "
-        "| audio s sent per s of speech |"
+        "| end of speech → `job_assign` p50 / p95 / max (ms), sentences ending a job "
+        "| the same less the required silence | the same, every sentence | audio s sent per s of speech |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in plan:
-        f = analyse(run)
+        f = analyse(run, voice if run.mode == "voice" else None)
         print(
             f"| {_background(run.background)} | {run.mode} | {f.found} / {f.split} / {f.merged} (of {f.sentences}) "
-            f"| {f.jobs} | {f.voiceless_jobs} | {_spread(f.ending_ms)} | {_spread(f.all_ms)} "
+            f"| {f.jobs} | {f.voiceless_jobs} | {_spread(f.ending_ms)} | {_spread(f.beyond_ms)} | {_spread(f.all_ms)} "
             f"| {f.sent_ms / f.speech_ms:.2f} |"
         )
 
@@ -306,10 +397,93 @@ def _spread(values: list[float]) -> str:
     return f"{percentile(values, 0.5):.0f} / {percentile(values, 0.95):.0f} / {max(values):.0f}"
 
 
+def runs_report(plan: list[Run]) -> None:
+    """``--runs``: the non-voice runs inside each sentence and at each pause, with the speech before them."""
+    for run in plan:
+        speech = speech_packets(run.packets, 10)
+        runs = _non_speech_runs(speech)
+        print(
+            f"\n{_background(run.background)}: longest non-voice run (ms) inside each sentence, and at each "
+            "pause, @ the ms of speech before it"
+        )
+        inside, at_pause = [], []
+        for i, (start, end) in enumerate(run.test.spans):
+            first = next(k for k in range(start // PACKET_MS, len(speech)) if speech[k])
+            within = [(b - a, a - first) for a, b in runs if a > first and b * PACKET_MS < end]
+            longest = max(within, default=(0, 0))
+            inside.append(f"{longest[0] * PACKET_MS}@{longest[1] * PACKET_MS}")
+            if i + 1 < len(run.test.spans):
+                following = run.test.spans[i + 1][0]
+                pause = max((b - a, a - first) for a, b in runs if a * PACKET_MS < following and b * PACKET_MS > end)
+                at_pause.append(f"{pause[0] * PACKET_MS}@{pause[1] * PACKET_MS}")
+        print("  inside:   " + ", ".join(inside))
+        print("  at pause: " + ", ".join(f"{p} ({ms} ms)" for p, ms in zip(at_pause, run.test.pauses, strict=True)))
+
+
+def _non_speech_runs(speech: list[bool]) -> list[tuple[int, int]]:
+    """(first, end) packet indices of each run of non-speech after the first speech."""
+    runs, start = [], None
+    for k, is_speech in enumerate(speech):
+        if is_speech and start is not None:
+            runs.append((start, k))
+        if is_speech or start is not None:
+            start = None if is_speech else start
+        elif k > 0 and speech[k - 1]:
+            start = k
+    return runs
+
+
+SWEEP_MIN_SILENCE_MS = (320, 340, 360, 380, 400, 420, 440)
+SWEEP_LONG_UTTERANCE_MS = (2000, 2500, 3000, 3500, 4000)
+
+
+def sweep(plan: list[Run], base: Settings) -> None:
+    """``--sweep``: found / split / merged over the four backgrounds for a grid of the rule's settings."""
+    print(f"\nfound / split / merged of {len(plan) * len(plan[0].test.spans)} over the four backgrounds")
+    print(f"(endpoint_silence_ms {base.endpoint_silence_ms} up to {base.endpoint_short_utterance_ms} ms of speech)\n")
+    print("| `endpoint_min_silence_ms` | " + " | ".join(f"long {ms}" for ms in SWEEP_LONG_UTTERANCE_MS) + " |")
+    print("|---|" + "---|" * len(SWEEP_LONG_UTTERANCE_MS))
+    for shortest in SWEEP_MIN_SILENCE_MS:
+        cells = []
+        for long in SWEEP_LONG_UTTERANCE_MS:
+            settings = base.replace(endpoint_min_silence_ms=shortest, endpoint_long_utterance_ms=long)
+            figures = [analyse(replayed(run, settings)) for run in plan]
+            cells.append(" / ".join(str(sum(getattr(f, k) for f in figures)) for k in ("found", "split", "merged")))
+        print(f"| {shortest} | " + " | ".join(cells) + " |")
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=10)
-    parser.add_argument("--endpoint-silence-ms", type=int, default=800)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a setting of the voice instance"
+    )
+    parser.add_argument("--endpoint-silence-ms", type=int, help="the same as --set endpoint_silence_ms=N")
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic signal even with espeak-ng")
+    parser.add_argument("--rate", type=int, default=160, help="espeak-ng's speed, words a minute")
+    parser.add_argument("--joined", action="store_true", help="join the sentences two by two (longer sentences)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--runs", action="store_true", help="print the non-voice runs of the test set (no server)")
+    what.add_argument("--sweep", action="store_true", help="replay a grid of the rule's settings (no server)")
     args = parser.parse_args()
-    asyncio.run(main(args.sentences, args.endpoint_silence_ms, args.synthetic))
+    overrides = _overrides(args.set)
+    if args.endpoint_silence_ms is not None:
+        overrides["endpoint_silence_ms"] = str(args.endpoint_silence_ms)
+    args.overrides = list(overrides)
+    voice_settings = load_settings(environ={}, overrides=overrides)
+    if args.runs:
+        runs_report(prepared(args, ("voice",)))
+    elif args.sweep:
+        sweep(prepared(args, ("voice",)), voice_settings)
+    else:
+        asyncio.run(main(args, voice_settings))

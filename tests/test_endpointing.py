@@ -21,7 +21,7 @@ from dragoman.client.translate import TranslateOptions, translate
 from dragoman.config import ConfigError, Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import write_wav
-from dragoman.segmenter import CONSONANT_MS, Cut, CutReason, Segmenter
+from dragoman.segmenter import CHUNK_LATE_MS, CONSONANT_MS, Cut, CutReason, Segmenter, required_silence_ms
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, silence_chunk, voiced_chunk
@@ -85,7 +85,10 @@ def test_one_endpoint_cut_per_sentence_and_none_for_the_background(background: f
     assert [c.reason for _, c in cuts] == [CutReason.ENDPOINT] * 3
     for i, (at, cut) in enumerate(cuts):
         end_of_sentence = LEAD_MS + i * (SENTENCE_MS + PAUSE_MS) + SENTENCE_MS
-        assert end_of_sentence + END - CHUNK_MS <= at <= end_of_sentence + END + CHUNK_MS
+        # 2 s of speech need less than endpoint_silence_ms of pause (required_silence_ms), found a chunk late at most
+        required = required_silence_ms(V, SENTENCE_MS)
+        assert V.endpoint_min_silence_ms < required < END
+        assert end_of_sentence + required - CHUNK_MS <= at <= end_of_sentence + required + 2 * CHUNK_MS
         assert cut.voice_ms >= 500
         # Only the speech and its margins are sent: at most the lead-in, the sentence and the tail.
         assert cut.duration_ms <= V.voice_lead_in_ms + SENTENCE_MS + V.voice_tail_ms + PACKET_MS
@@ -171,12 +174,31 @@ def test_unpitched_packets_continue_speech_for_a_final_consonant_only() -> None:
 
 def test_a_client_that_stops_sending_is_cut_when_the_pause_would_be_long_enough() -> None:
     s = Segmenter(V)
-    s.on_chunk(voiced_chunk(packets=30) + silence_chunk(packets=10), False, 1000)  # 200 ms of pause so far
+    s.on_chunk(voiced_chunk(packets=30), False, 800)
+    s.on_chunk(silence_chunk(packets=10), False, 1000)  # 200 ms of pause so far
     assert s.timer_deadline() == 1000 + END - 200
     assert s.on_timer(1000 + END - 201) == []
     [cut] = s.on_timer(1000 + END - 200)
     assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 600
     assert s.timer_deadline() is None or s.on_timer(10_000) == []  # what is left is non-voice: no cut
+
+
+def test_a_short_pause_seen_waits_for_the_audio_on_its_way_before_the_clock_cuts() -> None:
+    """A long utterance ends at endpoint_min_silence_ms; a shorter pause at the end of a chunk may be a comma
+    whose end is in the next chunk, so the clock does not cut before that chunk is late."""
+    s = Segmenter(V)
+    s.on_chunk(voiced_chunk(packets=130), False, 2600)  # 2.6 s of speech: endpoint_min_silence_ms is enough
+    s.on_chunk(silence_chunk(packets=13), False, 2860)  # 260 ms of pause so far
+    assert s.timer_deadline() == 2860 + 260 + CHUNK_LATE_MS  # not 2860 + (380 - 260): the chunk is due at 3120
+    assert s.on_chunk(voiced_chunk(packets=13), False, 3120) == []  # it came: the pause was a comma
+    [cut] = s.on_chunk(silence_chunk(packets=V.endpoint_min_silence_ms // PACKET_MS), False, 3500)
+    assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 143 * PACKET_MS
+    s.on_chunk(voiced_chunk(packets=88), False, 6000)  # 1.76 s of speech: more than 380 ms of pause is needed
+    s.on_chunk(silence_chunk(packets=20), False, 6400)  # 400 ms seen: the audio on its way is taken to be pause
+    required = required_silence_ms(V, 88 * PACKET_MS)
+    assert s.timer_deadline() == 6400 + required - 400 < 6400 + 400
+    [cut] = s.on_timer(6400 + required - 400)
+    assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 88 * PACKET_MS
 
 
 def test_voice_resuming_before_the_deadline_continues_the_utterance() -> None:
@@ -286,6 +308,43 @@ async def test_noisy_stream_makes_one_job_per_sentence_with_pause_flags(
         await node.expect_nothing(0.3, types={"job_assign"})
 
 
+def speech_with_pauses(sentences_ms: list[int], pause_ms: int, background: float) -> bytes:
+    """Speech-like sentences of the given lengths separated by ``pause_ms``, in noise, with 1.5 s after the last."""
+    parts = [noise(LEAD_MS, background, 100)]
+    for i, ms in enumerate(sentences_ms):
+        pause = pause_ms if i + 1 < len(sentences_ms) else 1500
+        parts += [mix(speechlike(ms, seed=10 + i), noise(ms, background, 20 + i)), noise(pause, background, 30 + i)]
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("sentences_ms", "jobs"),
+    [
+        ([3000, 3000, 3000], 3),  # long sentences end at a short pause
+        ([800, 3000], 1),  # the same pause after a few words is taken for a hesitation
+    ],
+)
+async def test_a_short_pause_ends_a_long_utterance_only(
+    dragoman: StartDragoman, sentences_ms: list[int], jobs: int
+) -> None:
+    """450 ms pauses, shorter than endpoint_silence_ms and longer than endpoint_min_silence_ms (with the unvoiced
+    edges of the words around them, 440-470 ms of non-voice), in noise at -40 dBFS."""
+    d = await dragoman()
+    async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
+        await node.start()
+        await client.init()
+        for chunk in chunks_of(speech_with_pauses(sentences_ms, 450, -40)):
+            await client.chunk(chunk)
+        got = [await node.next_job() for _ in range(jobs)]
+        await node.expect_nothing(0.5, types={"job_assign"})
+    assert [j["is_timeout_triggered"] for j in got] == [True] * jobs
+    audio_ms = [len(parse_plan_a(base64.b64decode(j["audio"]))) * PACKET_MS for j in got]
+    if jobs == len(sentences_ms):  # each job holds one sentence and its margins
+        assert all(3000 <= ms <= 3000 + V.voice_lead_in_ms + V.voice_tail_ms + CONSONANT_MS for ms in audio_ms)
+    else:  # one job holds both, and the pause between them
+        assert audio_ms[0] >= sum(sentences_ms) + 450
+
+
 async def test_lingua_switch_keeps_byte_for_byte_audio(dragoman: StartDragoman, noisy: list[bytes]) -> None:
     d = await dragoman(endpointing="lingua")
     async with LinguaNode(d.node_url) as node, LinguaWebClient(d.session_url) as client:
@@ -294,7 +353,8 @@ async def test_lingua_switch_keeps_byte_for_byte_audio(dragoman: StartDragoman, 
         for chunk in noisy:
             await client.chunk(chunk)
         await client.chunk(b"", is_final=True)
-        jobs = [await node.next_job(), await node.next_job()]  # 11.5 s: MaxDuration at 10.14 s, then the is_final
+        # 11.5 s: MaxDuration at 10.14 s, then the is_final (made at once: assigned in either order)
+        jobs = sorted([await node.next_job(), await node.next_job()], key=lambda job: int(job["utterance_index"]))
         assert jobs[0]["is_max_duration_triggered"] is True and jobs[1]["is_manual_cut"] is True
         assert b"".join(base64.b64decode(j["audio"]) for j in jobs) == b"".join(noisy)
 

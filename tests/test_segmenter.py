@@ -1,5 +1,6 @@
 """Unit tests of dragoman.segmenter.Segmenter under ``endpointing = "lingua"``: lingua's finalize rules
-(PROTOCOL.md §4.5, §10), times in ms. The voice rules are in test_endpointing.py."""
+(PROTOCOL.md §4.5, §10), times in ms; and, at the end, the rule that decides how long a pause ends an utterance
+under ``"voice"``. The other voice rules, on encoded signals, are in test_endpointing.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from dragoman import metrics
 from dragoman.audio import PACKET_MS, pcm16_duration_ms, plan_a_stats
-from dragoman.config import Settings
-from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter
+from dragoman.config import ConfigError, Settings, load_settings
+from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter, required_silence_ms, speech_packets
 
 from peers import plan_a, silence_chunk, voiced_chunk
 
@@ -529,3 +530,70 @@ def test_lingua_cuts_are_those_of_the_segmenter_before_voice_endpointing(
     out = _random_session(seg(**overrides), seed, final_share)
     assert len(out) == cuts
     assert hashlib.sha256(repr(out).encode()).hexdigest() == digest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# endpointing = "voice": the pause that ends an utterance shrinks as the utterance grows
+
+VOICE = Settings()  # the default: 800 ms up to 1 s of speech, 380 ms from 2.5 s on
+
+
+def test_required_silence_falls_linearly_from_short_to_long_utterances() -> None:
+    rule = VOICE.replace(
+        endpoint_silence_ms=800, endpoint_min_silence_ms=400, endpoint_short_utterance_ms=1000,
+        endpoint_long_utterance_ms=3000,
+    )  # fmt: skip
+    assert [required_silence_ms(rule, ms) for ms in (0, 1000, 1500, 2000, 3000, 9000)] == [800, 800, 700, 600, 400, 400]
+    fixed = rule.replace(endpoint_min_silence_ms=800)  # the rule of a fixed pause, if a deployment wants it
+    assert {required_silence_ms(fixed, ms) for ms in (0, 2000, 9000)} == {800}
+
+
+def test_a_long_utterance_is_cut_at_a_short_pause() -> None:
+    s = Segmenter(VOICE)
+    [cut] = s.on_chunk(voiced_chunk(packets=150) + silence_chunk(packets=20), False, 0)  # 3 s, then 400 ms
+    assert cut.reason is CutReason.ENDPOINT and cut.voice_ms == 3000
+
+
+def test_a_short_utterance_is_not_cut_at_the_same_pause() -> None:
+    s = Segmenter(VOICE)
+    assert s.on_chunk(voiced_chunk(packets=40) + silence_chunk(packets=20), False, 0) == []  # 0.8 s, then 400 ms
+    assert s.on_chunk(voiced_chunk(packets=40), False, 1200) == []  # the pause was inside the utterance
+    [cut] = s.on_chunk(silence_chunk(packets=40), False, 2000)
+    assert cut.voice_ms == 1600
+
+
+def test_the_utterance_length_counts_its_pauses_not_only_its_voiced_packets() -> None:
+    """Noise hides voiced frames; the length that sets the pause is the time from the first voice on."""
+    s = Segmenter(VOICE)
+    speech = (voiced_chunk(packets=20) + silence_chunk(packets=10)) * 5  # 2 s of voice over 3 s of speech
+    [cut] = s.on_chunk(speech + silence_chunk(packets=10), False, 0)  # 200 ms pauses, then one of 400 ms
+    assert cut.voice_ms == 2000 and required_silence_ms(VOICE, 2800) == VOICE.endpoint_min_silence_ms
+
+
+def test_a_pause_inside_a_chunk_cuts_there_and_the_rest_starts_the_next_utterance() -> None:
+    s = Segmenter(VOICE)
+    first, second = voiced_chunk(packets=150), voiced_chunk(packets=150, size=50)
+    cuts = s.on_chunk(first + silence_chunk(packets=25) + second + silence_chunk(packets=25), False, 0)
+    assert [c.reason for c in cuts] == [CutReason.ENDPOINT] * 2
+    assert [c.voice_ms for c in cuts] == [3000, 3000]
+    assert cuts[0].audio.startswith(first) and cuts[1].audio.find(second) >= 0
+    assert cuts[0].turn_id != cuts[1].turn_id
+
+
+def test_speech_packets_are_those_the_endpoint_rule_sees() -> None:
+    packets = [voiced_chunk(packets=1), silence_chunk(packets=1)] * 2
+    flags = speech_packets([p[2:] for p in packets], VOICE.silence_packet_max_bytes)
+    assert flags == [True, False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("environ", "error"),
+    [
+        ({"DRAGOMAN_ENDPOINT_MIN_SILENCE_MS": "900"}, "endpoint_min_silence_ms: must be at most endpoint_silence_ms"),
+        ({"DRAGOMAN_ENDPOINT_SHORT_UTTERANCE_MS": "4000"}, "endpoint_short_utterance_ms: must be at most"),
+    ],
+)
+def test_the_endpoint_rule_settings_are_checked(environ: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_settings(environ=environ)
+    assert load_settings(environ={"DRAGOMAN_ENDPOINT_MIN_SILENCE_MS": "300"}).endpoint_min_silence_ms == 300

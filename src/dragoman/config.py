@@ -60,7 +60,10 @@ class Settings:
     tts_playing_max_ms: int = 60_000
     # Endpointing: "voice" cuts at pauses found in the Opus bitstream; "lingua" keeps lingua's rules exactly
     endpointing: str = "voice"
-    endpoint_silence_ms: int = 800  # non-voice after voice that ends an utterance
+    endpoint_silence_ms: int = 800  # non-voice after voice that ends a short utterance
+    endpoint_min_silence_ms: int = 380  # ... and a long one (in between: linearly less as it grows)
+    endpoint_short_utterance_ms: int = 1000  # speech (first voice to end of speech) up to this is short
+    endpoint_long_utterance_ms: int = 2500  # and from this on long
     min_voice_ms: int = 100  # a cut with less voice than this makes no job
     voice_lead_in_ms: int = 200  # non-voice kept before the first voice
     voice_tail_ms: int = 300  # non-voice kept after the last voice
@@ -171,6 +174,7 @@ def load_settings(
         raise ConfigError(f"port: must be 1-65535, got {settings.port}")
     if settings.endpointing not in ENDPOINTING_MODES:
         raise ConfigError(f"endpointing: expected one of {', '.join(ENDPOINTING_MODES)}, got {settings.endpointing!r}")
+    check_endpoint_rule(settings)
     for name, value in dataclasses.asdict(settings).items():
         if isinstance(value, int) and value < 0:
             raise ConfigError(f"{name}: must not be negative, got {value}")
@@ -183,6 +187,20 @@ def load_settings(
         raise ConfigError("ssl_certfile and ssl_keyfile: give both (TLS) or neither")
     check_silent_node_detection(settings)
     return settings
+
+
+def check_endpoint_rule(settings: Settings) -> None:
+    """The pause that ends an utterance shrinks as its voice grows: the bounds must be in order."""
+    if settings.endpoint_min_silence_ms > settings.endpoint_silence_ms:
+        raise ConfigError(
+            f"endpoint_min_silence_ms: must be at most endpoint_silence_ms ({settings.endpoint_silence_ms}), "
+            f"got {settings.endpoint_min_silence_ms}"
+        )
+    if settings.endpoint_short_utterance_ms > settings.endpoint_long_utterance_ms:
+        raise ConfigError(
+            "endpoint_short_utterance_ms: must be at most endpoint_long_utterance_ms "
+            f"({settings.endpoint_long_utterance_ms}), got {settings.endpoint_short_utterance_ms}"
+        )
 
 
 def silent_node_detection_ms(settings: Settings) -> tuple[int, str]:

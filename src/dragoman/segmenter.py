@@ -7,7 +7,9 @@ a monotonic clock) and gets back the cuts to turn into jobs.
 ``endpointing = "lingua"`` applies lingua's rules exactly: chunks are kept byte for byte, a packet is voiced
 when it is longer than ``silence_packet_max_bytes``. ``"voice"`` (the default) judges packets by the voice
 activity in the bitstream (``dragoman.voice``) and adds to lingua's rules:
-- an **Endpoint** cut once ``endpoint_silence_ms`` of non-voice follows voice (the flags of a pause cut);
+- an **Endpoint** cut once enough non-voice follows voice (the flags of a pause cut): ``endpoint_silence_ms``
+  after a short utterance, less as it grows, ``endpoint_min_silence_ms`` after a long one
+  (``required_silence_ms``); found packet by packet, so inside a chunk too;
 - no job for a cut with less than ``min_voice_ms`` of voice;
 - only ``voice_lead_in_ms`` of non-voice before the first voice and ``voice_tail_ms`` after the last voice
   are sent; the rest is trimmed, at packet boundaries.
@@ -49,6 +51,25 @@ PAUSE_CUTS = frozenset({CutReason.TIMEOUT, CutReason.ENDPOINT})
 #: voice: unpitched packets right after voiced ones continue the speech this long at most (a final consonant;
 #: noise that the encoder's detector lets through must not hold an utterance open).
 CONSONANT_MS = 200
+#: voice: how late a real-time client's next chunk may be before the clock takes it to have stopped sending.
+CHUNK_LATE_MS = 100
+
+
+def required_silence_ms(settings: Settings, speech_ms: int) -> int:
+    """The non-voice that ends an utterance whose speech (first voiced packet to end of speech, its pauses
+    included) lasts ``speech_ms``: ``endpoint_silence_ms`` up to ``endpoint_short_utterance_ms``, then linearly
+    less, ``endpoint_min_silence_ms`` from ``endpoint_long_utterance_ms`` on. A pause after a few words is often
+    a hesitation, and cutting there leaves the translation without context; after a long stretch the context is
+    there and a merge would hold the whole of it back (the endpoint rules of ASR decoders, e.g. Kaldi's, end a
+    longer utterance at a shorter pause too). Measured in audio time, not voiced packets: noise hides voiced
+    frames (docs/BENCHMARKS.md)."""
+    longest, shortest = settings.endpoint_silence_ms, settings.endpoint_min_silence_ms
+    short, long = settings.endpoint_short_utterance_ms, settings.endpoint_long_utterance_ms
+    if speech_ms <= short:
+        return longest
+    if speech_ms >= long:
+        return shortest
+    return longest - (longest - shortest) * (speech_ms - short) // (long - short)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +132,7 @@ class _VoiceBuffer:
         self._size = 0
         self._speech_end = 0  # records up to here hold the speech
         self._voiced_end = 0  # records up to here hold the last voiced packet
+        self._voice_start = 0  # the first voiced packet is here
         self.voiced = 0
 
     def __len__(self) -> int:
@@ -121,23 +143,28 @@ class _VoiceBuffer:
         return len(self._records)
 
     @property
+    def speech_ms(self) -> int:
+        """From the first voiced packet to the end of speech, pauses included."""
+        return (self._speech_end - self._voice_start) * PACKET_MS if self.voiced else 0
+
+    @property
     def trailing_ms(self) -> int:
         """Non-voice after the end of speech (0 while there is no voice)."""
         return (len(self._records) - self._speech_end) * PACKET_MS if self.voiced else 0
 
-    def add(self, payload: bytes) -> int:
-        added = 0
-        for packet in plan_a_packets(payload):
-            activity = packet_activity(packet, self._silence_max)
-            self._append(len(packet).to_bytes(2, "little") + packet, activity)
-            added += activity is Activity.VOICED
-        return added
+    def add(self, packet: bytes) -> bool:
+        """Append one packet; whether it is voiced."""
+        activity = packet_activity(packet, self._silence_max)
+        self._append(len(packet).to_bytes(2, "little") + packet, activity)
+        return activity is Activity.VOICED
 
     def _append(self, record: bytes, activity: Activity) -> None:
         self._records.append(record)
         self._activity.append(activity)
         self._size += len(record)
         if activity is Activity.VOICED:
+            if not self.voiced:
+                self._voice_start = len(self._records) - 1
             self.voiced += 1
             self._voiced_end = len(self._records)
         continues_speech = (
@@ -164,6 +191,17 @@ class _VoiceBuffer:
         return taken
 
 
+def speech_packets(packets: list[bytes], silence_packet_max_bytes: int) -> list[bool]:
+    """Which packets of a stream ``endpointing = "voice"`` takes for speech (voiced, or a final consonant after
+    voice); the runs of the others are the pauses it can see (benchmarks/endpointing.py measures them)."""
+    buf = _VoiceBuffer(silence_packet_max_bytes, lead_in=len(packets), tail=0)  # trims nothing
+    speech = []
+    for packet in packets:
+        buf.add(packet)
+        speech.append(buf.voiced > 0 and buf.trailing_ms == 0)
+    return speech
+
+
 class Segmenter:
     """One session's open utterance buffer and the rules that close it.
 
@@ -184,6 +222,7 @@ class Segmenter:
             self._min_voice_ms = PACKET_MS  # §10.6 (1): one voiced packet is enough
         self._client_ts: int | None = None
         self._last_chunk: float | None = None
+        self._last_chunk_ms = 0  # voice: the audio of the last chunk that carried some
         self._last_voiced: float | None = None
         self._timer_base: float | None = None  # the pause timer runs from here; None = disarmed
         self._held = False  # an IsFinal cut was too short to take: merge it into what follows
@@ -192,9 +231,6 @@ class Segmenter:
 
     def _tts_playing(self, now: float) -> bool:
         return self._tts_since is not None and now - self._tts_since < self._s.tts_playing_max_ms
-
-    def _endpoint_reached(self) -> bool:
-        return self._voice and self._buf.voiced > 0 and self._buf.trailing_ms >= self._s.endpoint_silence_ms
 
     def on_chunk(self, payload: bytes, is_final: bool, now: float, client_ts: int | None = None) -> list[Cut]:
         cuts: list[Cut] = []
@@ -206,36 +242,61 @@ class Segmenter:
         if payload:
             if not (self._buf.voiced if self._voice else self._buf):
                 self._client_ts = client_ts  # voice: lead-in carried from an earlier chunk does not count
-            if self._buf.add(payload):
+            if isinstance(self._buf, _VoiceBuffer):
+                cuts += self._add_voice(self._buf, payload, now, client_ts)
+            elif self._buf.add(payload):
                 self._last_voiced = now
         reason: CutReason | None = None
         if len(self._buf) > self._s.max_length_bytes:
             reason = CutReason.MAX_LENGTH
         elif is_final:
             reason = CutReason.IS_FINAL
-        elif self._endpoint_reached():
-            reason = CutReason.ENDPOINT
         elif self._buf.packets * PACKET_MS >= self._s.max_duration_ms:
             reason = CutReason.MAX_DURATION
         if reason is CutReason.IS_FINAL and 0 < self._buf.voiced * PACKET_MS < self._s.min_utterance_ms:
-            if self._endpoint_reached():
-                reason = CutReason.ENDPOINT  # the speech is over: not an onset split off
-            else:
-                self._held = True  # §10.6 (2): an onset split off by the client's silence detector
-                metrics.CUTS.inc("merged")
-                reason = None
+            self._held = True  # §10.6 (2): an onset split off by the client's silence detector
+            metrics.CUTS.inc("merged")
+            reason = None
         if reason is not None:
             cuts += self._cut(reason)
         else:
             self._timer_base = now
         return cuts
 
+    def _add_voice(self, buf: _VoiceBuffer, payload: bytes, now: float, client_ts: int | None) -> list[Cut]:
+        """Add a chunk packet by packet: where the pause after voice becomes long enough, even inside the chunk
+        (a file streamed faster than real time comes in long chunks), an Endpoint cut takes what came before and
+        the rest of the chunk goes on into the next utterance."""
+        cuts: list[Cut] = []
+        packets = 0
+        for packet in plan_a_packets(payload):
+            packets += 1
+            if buf.add(packet):
+                self._last_voiced = now
+            elif buf.voiced and buf.trailing_ms >= required_silence_ms(self._s, buf.speech_ms):
+                cuts += self._cut(CutReason.ENDPOINT)
+                self._client_ts = client_ts
+        self._last_chunk_ms = packets * PACKET_MS or self._last_chunk_ms
+        return cuts
+
     def _endpoint_deadline(self) -> float | None:
-        """voice: when the pause reaches ``endpoint_silence_ms`` if the client, streaming in real time, sends
-        no voice meanwhile. A client that stops sending is taken to be silent."""
-        if not self._voice or not self._buf.voiced or self._last_chunk is None or self._tts_since is not None:
+        """voice: when the pause reaches the required silence if the client, streaming in real time, sends no
+        voice meanwhile; a client that stops sending is taken to be silent. The audio on its way is taken to
+        continue the pause only once the pause seen is ``endpoint_min_silence_ms`` long (longer than pauses
+        inside sentences): before, the cut waits for that audio, or for the chunk to be ``CHUNK_LATE_MS`` late."""
+        buf = self._buf
+        if (
+            not isinstance(buf, _VoiceBuffer)
+            or not buf.voiced
+            or self._last_chunk is None
+            or self._tts_since is not None
+        ):
             return None
-        return self._last_chunk + self._s.endpoint_silence_ms - self._buf.trailing_ms
+        pause = buf.trailing_ms
+        wait = required_silence_ms(self._s, buf.speech_ms) - pause
+        if pause < self._s.endpoint_min_silence_ms:
+            wait = max(wait, self._last_chunk_ms + CHUNK_LATE_MS)
+        return self._last_chunk + wait
 
     def timer_deadline(self) -> float | None:
         """When ``on_timer`` should run next, or None."""
