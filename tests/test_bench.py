@@ -59,6 +59,8 @@ def test_live_bench_ramps_up_speaking_sessions_and_loses_no_chunk() -> None:
         for figure in ("send_lag_ms", "finalize_to_job_assign_ms", "finalize_to_translation_result_ms"):
             assert set(step[figure]) == {"p50", "p90", "p99", "max"}
         assert step["scheduler_cpu_us_per_chunk"] > 0 and step["cpu_percent_of_one_core"]["scheduler"] > 0
+        shares = step["scheduler_dispatch_within_ms"]  # the scheduler's own histogram, from /metrics
+        assert list(shares) == ["0.5", "1", "2", "5", "10"] and shares["10"] <= 1
         assert step["ok"] and step["failed"] == []
     assert report["sessions_per_instance"] == 8
     assert report["scheduler_cpu_us_per_chunk"] == report["steps"][-1]["scheduler_cpu_us_per_chunk"]

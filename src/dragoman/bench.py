@@ -629,6 +629,7 @@ def add_parser(commands: Any) -> None:
     live.add_argument(
         "--max-sessions", type=int, default=800, help="the last step's sessions; steps double up to it (default 800)"
     )
+    live.add_argument("--all-steps", action="store_true", help="go on after a step that fails (default: stop)")
     live.add_argument("--pause", type=float, default=1.5, help="seconds of pause after each speech (default 1.5)")
     live.add_argument(
         "--endpoint-silence-ms",

@@ -9,7 +9,7 @@ scheduler cuts each utterance when its pause reaches ``endpoint_silence_ms``.
 
 The run is a ramp of steps: ``--sessions``, twice as many, and so on up to ``--max-sessions``, each with fresh
 sessions and echo nodes, each speaking for ``--duration`` seconds (a speech that has begun is finished); it
-stops after the first step that fails. Per step:
+stops after the first step that fails (``--all-steps``: it goes on). Per step:
 
 - chunks per second, counted while every session of the step is speaking;
 - finalize → ``job_assign`` (and → ``translation_result``), p50/p90/p99/max: from the moment the pause reached
@@ -27,7 +27,9 @@ stops after the first step that fails. Per step:
   the step's chunks, the jobs included: one utterance for every cycle of chunks) and its share of one core.
 
 A step passes with p99 finalize → ``job_assign`` ≤ ``--p99-ms`` and nothing lost, duplicated, late or failed;
-the answer is the largest step that passed.
+the answer is the largest step that passed. A step also reports the scheduler's own ``dragoman_dispatch_seconds``
+histogram for its jobs (the share within 0.5, 1, 2, 5 and 10 ms, from the cut by the scheduler's clock: what
+of the latency is not the chunk's way in or the cut's timer), when ``/metrics`` can be read without a key.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from dragoman.audio import PACKET_MS, plan_a_packets
@@ -79,6 +82,7 @@ _MARK_BYTES = 4
 _PAUSE_PACKET = b"\x48\x10" + bytes(6)
 PAUSE_CHUNK_B64 = base64.b64encode((len(_PAUSE_PACKET).to_bytes(2, "little") + _PAUSE_PACKET) * CHUNK_PACKETS).decode()
 _OPENING = 50  # sessions a worker opens at a time
+_DISPATCH_BUCKET = 'dragoman_dispatch_seconds_bucket{le="'
 
 
 def voiced_chunk(number: int) -> str:
@@ -106,6 +110,7 @@ class LivePlan:
     endpoint_silence_ms: int  # the scheduler's: where its pause cut is
     late_ms: float
     p99_ms: float
+    all_steps: bool = False  # go on after a step that fails
     drain_s: float = 10.0  # how long a session waits for its outcomes after its last chunk
 
     @property
@@ -320,6 +325,37 @@ def _failures(step: dict[str, Any], plan: LivePlan) -> list[str]:
     return reasons
 
 
+async def _dispatch_buckets(bases: list[str]) -> dict[str, float]:
+    """The instances' ``dragoman_dispatch_seconds`` histogram (cut → ``job_assign`` written, by the scheduler's
+    clock), summed: bucket bound -> count. Empty when ``/metrics`` cannot be read (it may need an admin key)."""
+    buckets: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=5) as client:
+        for base in bases:
+            try:
+                response = await client.get(base.replace("ws", "http", 1) + "/metrics")
+            except httpx.HTTPError:
+                return {}
+            if response.status_code != 200:
+                return {}
+            for line in response.text.splitlines():
+                if line.startswith(_DISPATCH_BUCKET):
+                    bound = line[len(_DISPATCH_BUCKET) :].split('"', 1)[0]
+                    buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def _difference(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """The share of the step's dispatches within each bucket up to 10 ms, by bound in ms."""
+    total = after.get("+Inf", 0.0) - before.get("+Inf", 0.0)
+    if not total:
+        return {}
+    shares = {}
+    for bound, count in after.items():
+        if bound != "+Inf" and float(bound) <= 0.01:
+            shares[f"{float(bound) * 1000:g}"] = round((count - before.get(bound, 0.0)) / total, 4)
+    return shares
+
+
 async def run_live(
     scheduler: str,
     store_url: str | None,
@@ -341,6 +377,7 @@ async def run_live(
             for first, count in zip(starts, shares, strict=True)
         ]
         label = f"step {number}/{len(plan.steps)}: {sessions} sessions"
+        before = await _dispatch_buckets(bases)
         load = await drive(
             node_urls,
             plan.nodes,
@@ -351,8 +388,12 @@ async def run_live(
             (label, plan.step_s + plan.cycle_s, show_progress),
             inspect=chunk_marks,
         )
-        steps.append(_step_report(sessions, plan, load, monitor))
-        if not steps[-1]["ok"]:
+        step = _step_report(sessions, plan, load, monitor)
+        dispatches = _difference(await _dispatch_buckets(bases), before)
+        if dispatches:
+            step["scheduler_dispatch_within_ms"] = dispatches
+        steps.append(step)
+        if not step["ok"] and not plan.all_steps:
             break
     held = [step for step in steps if step["ok"]]
     best = max(held, key=lambda step: step["sessions"], default=None)
@@ -386,6 +427,7 @@ def main(args: argparse.Namespace) -> int:
             endpoint_silence_ms=args.endpoint_silence_ms,
             late_ms=args.late_ms,
             p99_ms=args.p99_ms,
+            all_steps=args.all_steps,
         )
         if plan.step_s <= plan.cycle_s:
             problem = f"--duration must be more than one speech and its pause ({plan.cycle_s:.2f} s) with --live"
@@ -412,36 +454,38 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print(report: dict[str, Any]) -> None:
+    """One column per step."""
     from rich.console import Console
     from rich.table import Table
 
+    def figures(step: dict[str, Any], key: str, *qs: str) -> str:
+        return " / ".join(f"{step[key][q]:.2f}" if q in step[key] else "-" for q in qs)
+
+    rows: dict[str, Any] = {
+        "chunks / s": lambda step: f"{step['chunks_per_s']:g}",
+        "finalize → job_assign p50 / p99 / max ms": lambda step: figures(
+            step, "finalize_to_job_assign_ms", "p50", "p99", "max"
+        ),
+        "send lag p99 / max ms": lambda step: figures(step, "send_lag_ms", "p99", "max"),
+        "chunks lost / dup / late": lambda step: (
+            f"{step['chunks_lost']} / {step['chunks_duplicated']} / {step['chunks_late']}"
+        ),
+        "utterances / lost / dup / errors": lambda step: (
+            f"{step['utterances']} / {step['lost']} / {step['duplicated']} / {step['errors']}"
+        ),
+        "scheduler CPU µs / chunk": lambda step: str(step.get("scheduler_cpu_us_per_chunk", "-")),
+        "scheduler CPU % of a core": lambda step: str(step.get("cpu_percent_of_one_core", {}).get("scheduler", "-")),
+        "scheduler's own ≤ 2 / ≤ 5 ms": lambda step: (
+            " / ".join(f"{100 * share:.1f} %" for share in _within(step, "2", "5")) or "-"
+        ),
+        "": lambda step: "ok" if step["ok"] else "; ".join(step["failed"]),
+    }
     table = Table(title="dragoman bench --live")
-    columns = (
-        "sessions",
-        "chunks/s",
-        "→ job_assign p50 / p99 / max ms",
-        "send lag p99 / max ms",
-        "lost / dup / late chunks",
-        "lost / dup utterances",
-        "scheduler µs/chunk",
-        "scheduler % core",
-        "",
-    )
-    for column in columns:
-        table.add_column(column)
+    table.add_column("sessions")
     for step in report["steps"]:
-        assign, lag = step["finalize_to_job_assign_ms"], step["send_lag_ms"]
-        table.add_row(
-            str(step["sessions"]),
-            str(step["chunks_per_s"]),
-            " / ".join(str(assign.get(q, "-")) for q in ("p50", "p99", "max")),
-            " / ".join(str(lag.get(q, "-")) for q in ("p99", "max")),
-            f"{step['chunks_lost']} / {step['chunks_duplicated']} / {step['chunks_late']}",
-            f"{step['lost']} / {step['duplicated']}",
-            str(step.get("scheduler_cpu_us_per_chunk", "-")),
-            str(step.get("cpu_percent_of_one_core", {}).get("scheduler", "-")),
-            "ok" if step["ok"] else "; ".join(step["failed"]),
-        )
+        table.add_column(str(step["sessions"]), overflow="fold")
+    for label, value in rows.items():
+        table.add_row(label, *(value(step) for step in report["steps"]))
     console = Console()
     console.print(table)
     plan = report["plan"]
@@ -451,3 +495,8 @@ def _print(report: dict[str, Any]) -> None:
         f"p99 ≤ {plan['p99_ms']} ms and no lost or late chunk"
         + (f"; scheduler CPU {cpu} µs per chunk." if cpu is not None else ".")
     )
+
+
+def _within(step: dict[str, Any], *bounds: str) -> list[float]:
+    shares = step.get("scheduler_dispatch_within_ms", {})
+    return [shares[bound] for bound in bounds if bound in shares]
