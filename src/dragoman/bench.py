@@ -421,15 +421,15 @@ async def drive(
             proc.start()
         for _ in workers:
             await _wait_ready(ready, workers)
-        go = time.time() + 1.0  # time to connect (the plain bench) or to reach the first chunk's time
-        for _ in workers:
-            gos.put(go)
-        await asyncio.sleep(go - time.time())
         before = await _commandstats(store_url)
         if monitor is not None:
             monitor.sample()
         cpu_before = dict(monitor.cpu_s) if monitor else {}
-        started = time.monotonic()
+        lead_s = 1.0  # for the sessions to connect (the plain bench) or to reach their first chunk's time
+        go = time.time() + lead_s
+        started = time.monotonic() + lead_s  # the share of a core is over the load's time, not the lead's
+        for _ in workers:
+            gos.put(go)
         reports: list[Any] = []
         # Read results while waiting: a worker cannot exit before its queued results are read.
         label, total, show = progress
