@@ -26,6 +26,7 @@ from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
 
 from cluster import ValkeyCluster
+from peers import NODE_READY
 
 
 def free_port() -> int:
@@ -83,7 +84,12 @@ class Running:
     def settings(self) -> Settings:
         return self.scheduler.settings
 
+    async def node_ready(self, node_id: str) -> bool:
+        """Whether the node's first heartbeat has reached the store (the node can be given jobs)."""
+        return any(n.node_id == node_id and n.heartbeat_ms for n in await self.store.nodes())
+
     async def stop(self) -> None:
+        NODE_READY.pop(self.node_url, None)
         self.server.should_exit = True
         done, _ = await asyncio.wait([self.task], timeout=10)
         if not done:  # never let a stuck shutdown hang the suite
@@ -108,7 +114,9 @@ async def start_dragoman(store_url: str, prefix: str | None = None, **overrides:
     scheduler = Scheduler(settings, store)
     await scheduler.start()
     port, server, task = await serve_app(create_app(scheduler), **uvicorn_options(settings))
-    return Running(port, scheduler, store, server, task)
+    running = Running(port, scheduler, store, server, task)
+    NODE_READY[running.node_url] = running.node_ready
+    return running
 
 
 async def serve_app(app: Any, **config: Any) -> tuple[int, UvicornServer, asyncio.Task[None]]:

@@ -14,7 +14,7 @@ import json
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Self
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,6 +32,10 @@ OPUS_TOC_WB_20MS = 0x48
 
 #: §4.5 default ``silence_packet_max_bytes``.
 SILENCE_PACKET_MAX_BYTES = 10
+
+#: node URL -> whether the instance behind it has seen a node's first heartbeat (``LinguaNode.start`` waits
+#: for it); filled by the tests' instance fixtures.
+NODE_READY: dict[str, Callable[[str], Awaitable[bool]]] = {}
 
 #: Keys that lingua peers parse as strict integers (F8, F9); every ``*_ms`` key is checked too.
 _INT_KEYS = frozenset(
@@ -478,10 +482,18 @@ class LinguaNode(Peer):
         await self.send({**self.heartbeat_frame(), **extra})
 
     async def start(self) -> str:
-        """Open, register, send the immediate post-ack heartbeat (like the node); return ``node_id``."""
+        """Open, register, send the immediate post-ack heartbeat (like the node); return ``node_id``. Where
+        the test's instance says how (``NODE_READY``), wait until that heartbeat has made the node eligible:
+        a heartbeat has no reply, and a job cut before it lands waits for a later one (§9.1)."""
         await self.open()
         node_id = await self.register()
         await self.heartbeat()
+        ready = NODE_READY.get(self.url.partition("?")[0])
+        if ready is not None:
+            for _ in range(100):
+                if await ready(node_id):
+                    break
+                await asyncio.sleep(0.02)
         return node_id
 
     # -- jobs --

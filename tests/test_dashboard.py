@@ -6,6 +6,7 @@ stays correct while the store goes away and comes back. Any console error fails 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -91,6 +92,10 @@ async def test_dashboard_shows_a_node_a_job_and_its_trace_and_survives_a_store_r
         (outcome,) = await client.outcomes(1)
         assert outcome["type"] == "translation_result"
 
+        for _ in range(100):  # the delivery step is written up to 100 ms after the delivery
+            if any(step["e"] == "delivered" for step in await instance.store.job_trace(job["job_id"])):
+                break
+            await asyncio.sleep(0.05)
         link = page.locator("#jobs a", has_text=job["job_id"])
         await expect(link).to_be_visible(timeout=20_000)
         await link.click()

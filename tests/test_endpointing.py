@@ -275,7 +275,8 @@ async def test_noisy_stream_makes_one_job_per_sentence_with_pause_flags(
             await client.chunk(chunk)
         jobs = [await node.next_job() for _ in range(3)]
         await node.expect_nothing(0.5, types={"job_assign"})  # none for the noise
-        assert [j["utterance_index"] for j in jobs] == [0, 1, 2]
+        # (in any order: a job cut before the node's first heartbeat landed waits, and is sent after a later one)
+        assert sorted(j["utterance_index"] for j in jobs) == [0, 1, 2]
         for job in jobs:
             assert job["is_timeout_triggered"] is True and job["padding_ms"] == 220
             assert "is_manual_cut" not in job and "is_max_duration_triggered" not in job

@@ -24,7 +24,9 @@ async def trace_of(d: Running, job_id: str, until: str = "delivered") -> dict[st
 
 
 def events(trace: dict[str, Any]) -> list[str]:
-    return [step["e"] for step in trace["steps"]]
+    """The steps of a trace, but ``waiting``: a job cut while the node's first heartbeat is still on its way
+    to the store waits a moment (with several cells, it may also wait before it moves to the node's cell)."""
+    return [step["e"] for step in trace["steps"] if step["e"] != "waiting"]
 
 
 async def test_completed_utterance_trace_from_cut_to_delivery(dragoman: StartDragoman) -> None:
@@ -73,9 +75,8 @@ async def test_failed_over_trace_names_both_nodes_and_why(dragoman: StartDragoma
         await healthy.result(retry)
         await client.outcomes(1)
         trace = await trace_of(d, job["job_id"])
-        # With several cells the job may wait, then move to the healthy node's cell: its trace follows it.
-        steps = [e for e in events(trace) if e != "waiting"]
-        assert steps == ["cut", "created", "assigned", "failover", "assigned", "result", "outcome", "delivered"]
+        # With several cells the job may move to the healthy node's cell: its trace follows it.
+        assert events(trace) == ["cut", "created", "assigned", "failover", "assigned", "result", "outcome", "delivered"]
         assert trace["cut"]["reason"] == "utterance"
         first, second = trace["attempts"]
         assert (first["node_id"], first["failover_why"]) == (doomed_id, "NODE_UNAVAILABLE")
@@ -144,5 +145,5 @@ async def test_instance_stamped_steps_keep_their_causal_place_whatever_the_clock
     skewed_delivery = {"e": "delivered", "t": int(trace["created_ms"]) - 5_000}  # a clock behind the store's
     skewed_cut = {"e": "cut", "t": int(trace["delivered_ms"]) + 5_000}  # a clock ahead of it
     await d.store.add_traces([(job["job_id"], 0, skewed_delivery), (job["job_id"], 0, skewed_cut)], [])
-    steps = [step["e"] for step in await d.store.job_trace(job["job_id"])]
+    steps = [step["e"] for step in await d.store.job_trace(job["job_id"]) if step["e"] != "waiting"]
     assert steps == ["cut", "cut", "created", "assigned", "result", "outcome", "delivered", "delivered"]

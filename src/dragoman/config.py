@@ -79,6 +79,7 @@ class Settings:
     gap_timeout_ms: int = 30_000
     close_grace_ms: int = 5000
     group_window_ms: int = 2000
+    ui_events: bool = True  # ui_events to sessions whose session_init does not say (its `ui_events` extension)
     # Rooms (§13)
     room_idle_ms: int = 1_800_000  # a room where nobody spoke for this long gets room_expired and is deleted
     room_check_interval_ms: int = 60_000  # how often idle rooms are looked for

@@ -3,19 +3,33 @@
 Any task may send (``send_nowait``), so frames for one socket never interleave and a slow peer never
 blocks the sender; a peer that falls ``max_backlog`` frames or ``max_unsent_bytes`` behind is disconnected
 at once (the frames still queued are dropped: a peer that does not read would never get them).
+
+The writer sends every frame queued by the time it runs: under ``dragoman serve`` they go in one write to the
+socket (the server's ``dragoman.frames`` extension, see ``dragoman.server``), so the frames one event-loop turn
+makes for a socket cost one system call, not one each. Under another ASGI server they go one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+from typing import Protocol
 
 from starlette.websockets import WebSocket
 
 log = logging.getLogger(__name__)
 
 SLOW_READER = 1008  # policy violation: the close code of a peer dropped for not reading its frames
+FRAMES_EXTENSION = "dragoman.frames"  # the ASGI scope extension of a server that writes frames in batches
+
+
+class FrameWriter(Protocol):
+    """What the server's WebSocket protocol offers under ``FRAMES_EXTENSION``."""
+
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Send text frames (UTF-8 bytes) in one write, once the transport takes writes."""
 
 
 class Connection:
@@ -28,21 +42,25 @@ class Connection:
         self._unsent_bytes = 0
         self._close_code = 1000
         self._close_reason = ""
-        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._ready = asyncio.Event()  # set when a frame is queued or the socket closes
+        writer: FrameWriter | None = websocket.scope.get("extensions", {}).get(FRAMES_EXTENSION)
+        self._write_frames = writer.write_frames if writer is not None else self._send_one_by_one
         self._writer = asyncio.create_task(self._write(), name=f"writer {name}")
 
     def send_nowait(self, frame: bytes) -> bool:
         """Queue a frame; False when the socket is closed (the frame is dropped)."""
         if self.closed:
             return False
-        if self._outbox.qsize() >= self._max_backlog:
+        if len(self._outbox) >= self._max_backlog:
             self._drop_slow_reader(f"{self._max_backlog} frames unsent")
             return False
         if self._unsent_bytes + len(frame) > self._max_unsent_bytes:
             self._drop_slow_reader(f"over {self._max_unsent_bytes} bytes unsent")
             return False
         self._unsent_bytes += len(frame)
-        self._outbox.put_nowait(frame)
+        self._outbox.append(frame)
+        self._ready.set()
         return True
 
     async def send(self, frame: bytes) -> bool:
@@ -54,7 +72,7 @@ class Connection:
             self.closed = True
             self._close_code = code
             self._close_reason = reason
-            self._outbox.put_nowait(None)
+            self._ready.set()
 
     def _drop_slow_reader(self, why: str) -> None:
         """Disconnect now, without the queued frames: the writer may be stuck on the full socket."""
@@ -69,15 +87,23 @@ class Connection:
             await self.websocket.close(SLOW_READER, reason)
 
     def _clear(self) -> None:
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
+        self._outbox.clear()
         self._unsent_bytes = 0
+
+    async def _send_one_by_one(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            await self.websocket.send_text(frame.decode())
 
     async def _write(self) -> None:
         try:
-            while (frame := await self._outbox.get()) is not None:
-                self._unsent_bytes -= len(frame)
-                await self.websocket.send_text(frame.decode())
+            while self._outbox or not self.closed:
+                if not self._outbox:
+                    await self._ready.wait()
+                    self._ready.clear()
+                    continue
+                frames = list(self._outbox)
+                self._clear()
+                await self._write_frames(frames)
             with contextlib.suppress(Exception):
                 await self.websocket.close(self._close_code, self._close_reason)
         except Exception as exc:  # the peer went away: the reader sees the close and cleans up

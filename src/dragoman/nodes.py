@@ -6,6 +6,7 @@ Malformed or unexpected node frames are logged, never answered (§2.3). Results 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ RETRYABLE = frozenset(
         "TTS_TIMEOUT",
     }
 )
+MAX_RESULTS_IN_FLIGHT = 256  # results of one node socket handled at once (see NodeLink._start_result)
 INVALID_NODE_ID = 1008  # WebSocket close code "policy violation": the registration breaks a rule of ours
 
 
@@ -47,6 +49,7 @@ class NodeLink:
         self.node_id: str | None = None
         self.capacity = scheduler.settings.default_node_capacity
         self.languages: p.LanguageCapabilities | None = None
+        self._results: set[asyncio.Task[None]] = set()  # results being handled (see _start_result)
 
     async def handle(self, raw: str | bytes) -> None:
         if self.conn.closed:  # closed by Dragoman (a refused node_register): frames still buffered count for nothing
@@ -75,8 +78,7 @@ class NodeLink:
         elif isinstance(msg, p.NodeHeartbeat):
             await self._heartbeat(msg)
         elif isinstance(msg, p.JobResult):
-            with logs.bound(job_id=msg.job_id, trace_id=msg.trace_id):
-                await self._result(msg, raw)
+            await self._start_result(msg, raw)
         elif isinstance(msg, p.NodeAsrPartial):
             actor = self.scheduler.sessions.get(msg.session_id)
             if actor is not None:
@@ -177,6 +179,25 @@ class NodeLink:
             self.conn.close(1000)
         await self.scheduler.apply(reply.actions)
 
+    async def _start_result(self, msg: p.JobResult, raw: str | bytes) -> None:
+        """Handle a result without holding up the socket's next frames: a burst of results from one node
+        reaches the store in one round trip (``dragoman.store.scripts``), not one after the other. Each
+        result's store call is made in the order the results arrived; at most ``MAX_RESULTS_IN_FLIGHT``
+        are handled at once, then the socket is read no further until one is done."""
+        if len(self._results) >= MAX_RESULTS_IN_FLIGHT:
+            await asyncio.wait(self._results, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(self._logged_result(msg, raw), name="node result")
+        self._results.add(task)
+        task.add_done_callback(self._results.discard)
+
+    async def _logged_result(self, msg: p.JobResult, raw: str | bytes) -> None:
+        with logs.bound(job_id=msg.job_id, trace_id=msg.trace_id):
+            try:
+                await self._result(msg, raw)
+            except Exception:  # a store outage past store_retry_ms, or a bug: the job's deadline moves it on
+                metrics.STORE_ERRORS.inc()
+                log.exception("node %s: failed to handle the result for %s", self.node_id, p.excerpt(msg.job_id))
+
     async def _result(self, msg: p.JobResult, raw: str | bytes) -> None:
         assert self.node_id is not None
         block_ms = 0
@@ -215,7 +236,10 @@ class NodeLink:
         await self.scheduler.apply(actions)
 
     async def closed(self) -> None:
-        """The socket closed: the node leaves every pool at once and its attempts fail over."""
+        """The socket closed: the node leaves every pool at once and its attempts fail over (after the
+        results it sent before closing: they count)."""
+        if self._results:
+            await asyncio.wait(self._results)
         node_id, self.node_id = self.node_id, None
         if node_id is None:
             return

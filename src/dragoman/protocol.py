@@ -193,6 +193,7 @@ class SessionInit(Inbound, tag="session_init"):
     # resumed session delivers only what follows it (exactly once across an instance crash).
     resume_delivered_index: I64 | None = None
     resume_token: str | None = None  # extension: the token of session_init_ack, required to resume
+    ui_events: bool | None = None  # extension: send this session ui_events (None: the ui_events setting)
 
 
 class AudioChunk(Inbound, tag="audio_chunk"):

@@ -14,11 +14,13 @@ from typing import Any
 
 import uvicorn
 from redis.exceptions import RedisClusterException, RedisError
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dragoman.app import create_app
 from dragoman.auth import Auth, SecretQueryFilter, exposure_problem, has_secret_files
 from dragoman.config import ConfigError, Settings
+from dragoman.connection import FRAMES_EXTENSION
 from dragoman.scheduler import Scheduler
 from dragoman.store import Store, StoreConfigError
 from dragoman.store.embedded import EmbeddedStore
@@ -90,7 +92,8 @@ class UvicornServer(uvicorn.Server):
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, except that a peer that stopped reading is cut off, not waited for.
+    """uvicorn's WebSocket protocol, with Dragoman's frame writer (``write_frames``, offered to the app as the
+    scope extension ``dragoman.frames``), and a peer that stopped reading is cut off, not waited for.
 
     Closing a transport waits until its buffered bytes reach the peer, which for a frozen peer is never:
     its socket (and a node's attempts) would stay open. A ping timeout, or a close while the peer's
@@ -104,6 +107,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 "%s on %s: no pong within %g s; disconnected", _peer(self.client), self.scope["path"], self.ping_timeout
             )
         self.transport.abort()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none when the handshake was refused
+        if scope is not None:
+            scope["extensions"][FRAMES_EXTENSION] = self
+
+    async def write_frames(self, frames: list[bytes]) -> None:
+        """Text frames (UTF-8 bytes, as Dragoman encodes them) in one write: no str round trip, no ASGI
+        message per frame, one system call for what one event-loop turn queued (``dragoman.connection``)."""
+        await self.writable.wait()
+        if self.disconnected or self.close_sent:
+            raise ClientDisconnected()
+        for frame in frames:
+            self.conn.send_text(frame)
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.close" and self.handshake_complete and not self.writable.is_set():

@@ -50,6 +50,14 @@ class Slot:
     outcome: Outcome | None = None
     frames: list[bytes] = field(default_factory=list)  # set when resolved by Dragoman itself
     resolved_at: float | None = None
+    _result: p.JobResult | None = None
+
+    def result(self) -> p.JobResult:
+        """The node's ``job_result`` behind the outcome, decoded once however often it is read."""
+        if self._result is None:
+            detail = self.outcome.detail if self.outcome is not None else None
+            self._result = _decode_result(detail or "")
+        return self._result
 
 
 @dataclass(slots=True)
@@ -110,6 +118,8 @@ class SessionActor:
         self.token = token  # names this actor in the session's record (a resume may race it)
         self.resume_digest = resume_digest  # of the token a resume must present (kept in the record)
         self.trace_id = resumed.trace if resumed else (init.trace_id or p.new_uuid())
+        # Whether this session gets ui_events: its session_init says so (extension), or the setting does.
+        self.ui_events = init.ui_events if init.ui_events is not None else self.settings.ui_events
         self.delivered = -1  # outcomes up to this index have been sent
         self.segmenter = Segmenter(self.settings)
         self.next_index = 0  # the next utterance index (§10.2, §11.3)
@@ -172,7 +182,7 @@ class SessionActor:
         """A ui_event for one of this session's unresolved jobs, sent at once (any task may call this)."""
         slot = self._slot(job_id)
         if slot is not None and slot.resolved_at is None:
-            self._send_nowait(self._ui(slot, event, error_code=error_code))
+            self._send_ui(slot, event, error_code=error_code)
 
     # -- the actor ----------------------------------------------------------------------------------
 
@@ -575,16 +585,16 @@ class SessionActor:
         slot.resolved_at = _mono_ms()
         elapsed = max(0, now_ms() - outcome.created_ms)
         if outcome.state == "completed":
-            result = _decode_result(outcome.detail or "")
+            result = slot.result()
             if result.text_asr:
-                self._send_nowait(self._ui(slot, "ASR_FINAL", elapsed_ms=elapsed))
+                self._send_ui(slot, "ASR_FINAL", elapsed_ms=elapsed)
             if result.text_translated:
-                self._send_nowait(self._ui(slot, "NMT_DONE", elapsed_ms=elapsed))
+                self._send_ui(slot, "NMT_DONE", elapsed_ms=elapsed)
         elif outcome.state == "failed":
             code = self._failure(outcome)[0]
-            self._send_nowait(self._ui(slot, "ERROR", error_code=code if code in p.ERROR_CODES else None))
+            self._send_ui(slot, "ERROR", error_code=code if code in p.ERROR_CODES else None)
         elif outcome.state == "timed_out":
-            self._send_nowait(self._ui(slot, "ERROR", error_code="JOB_TIMEOUT"))
+            self._send_ui(slot, "ERROR", error_code="JOB_TIMEOUT")
 
     def _on_partial(self, msg: p.NodeAsrPartial) -> None:
         slot = self._slot(msg.job_id)
@@ -602,7 +612,7 @@ class SessionActor:
                 )
             )
         )
-        self._send_nowait(self._ui(slot, "ASR_PARTIAL"))
+        self._send_ui(slot, "ASR_PARTIAL")
 
     def _gap_deadline(self) -> float | None:
         """When the head slot, unresolved while a later one waits behind it, is given up (§12.3)."""
@@ -659,7 +669,7 @@ class SessionActor:
         return code, code, None
 
     def _translation_result(self, slot: Slot, outcome: Outcome) -> bytes:
-        r = _decode_result(outcome.detail or "")
+        r = slot.result()
         now = now_ms()
         group_id = part_index = None
         if r.text_asr:
@@ -721,6 +731,11 @@ class SessionActor:
                 trace_id=slot.trace,
             )
         )
+
+    def _send_ui(self, slot: Slot, event: str, **extra: Any) -> None:
+        """A ``ui_event``, to a session that takes them (``ui_events``): the web client ignores them."""
+        if self.ui_events:
+            self._send_nowait(self._ui(slot, event, **extra))
 
     def _ui(self, slot: Slot, event: str, **extra: Any) -> bytes:
         return p.encode(

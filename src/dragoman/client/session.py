@@ -207,7 +207,11 @@ class SessionConfig:
         )
 
     def init_message(
-        self, resume_session_id: str | None = None, delivered_index: int | None = None, resume_token: str | None = None
+        self,
+        resume_session_id: str | None = None,
+        delivered_index: int | None = None,
+        resume_token: str | None = None,
+        ui_events: bool | None = None,
     ) -> p.SessionInit:
         return p.SessionInit(
             client_version=self.client_version,
@@ -225,6 +229,7 @@ class SessionConfig:
             resume_session_id=resume_session_id,
             resume_delivered_index=delivered_index if resume_session_id else None,
             resume_token=resume_token if resume_session_id else None,
+            ui_events=ui_events,
         )
 
 
@@ -394,10 +399,13 @@ class SessionClient:
             try:
                 init = (
                     self.config.init_message(
-                        resume.session_id, self._delivered.through(resume.session_id), resume.resume_token
+                        resume.session_id,
+                        self._delivered.through(resume.session_id),
+                        resume.resume_token,
+                        ui_events=self.ui_events,
                     )
                     if resume is not None
-                    else self.config.init_message()
+                    else self.config.init_message(ui_events=self.ui_events)
                 )
                 await ws.send(encode_message(init))
                 ack, early = await asyncio.wait_for(self._await_ack(ws), self.ack_timeout)

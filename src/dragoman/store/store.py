@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import logging
 import random
 import time
@@ -73,7 +74,7 @@ class StoreConfigError(RuntimeError):
     """The store holds a deployment that these settings cannot serve (a different number of cells)."""
 
 
-_TRACE_RANK = {"cut": 0, "delivered": 2}  # every other step ranks 1 and is ordered by time
+_INSTANCE_STEPS = ("cut", "delivered")  # trace steps an instance writes (the scripts write the others)
 
 
 def now_ms() -> int:
@@ -197,10 +198,13 @@ class Store:
     async def _connection(self) -> AsyncIterator[None]:
         """At most ``store_max_connections`` calls at once; a burst waits its turn (bounded by the pool
         timeout) instead of failing."""
-        try:
-            await asyncio.wait_for(self._calls.acquire(), self.settings.store_pool_timeout_ms / 1000)
-        except TimeoutError:
-            raise redis.ConnectionError("no store connection free within the pool timeout") from None
+        if self._calls.locked():  # (otherwise acquiring takes nothing: no timer for the common case)
+            try:
+                await asyncio.wait_for(self._calls.acquire(), self.settings.store_pool_timeout_ms / 1000)
+            except TimeoutError:
+                raise redis.ConnectionError("no store connection free within the pool timeout") from None
+        else:
+            await self._calls.acquire()
         try:
             yield
         finally:
@@ -213,7 +217,7 @@ class Store:
 
     async def _cell(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
         """A cell script: KEYS[1] is always the cell's deadlines zset; the common header comes first."""
-        header = [now_ms(), random.random(), *self._header_tail]
+        header = [random.random(), *self._header_tail]
         return await self._script(name, keys, [*header, *args], reply)
 
     # -- jobs -------------------------------------------------------------------------------------
@@ -385,11 +389,18 @@ class Store:
             for cell in range(self.cells):
                 pipe.lrange(self.keys.job_trace(cell, job_id), 0, -1)
             lists: list[list[bytes]] = await pipe.execute()
-        entries = [_trace_entry(raw) for rows in lists for raw in rows]
-        # The scripts' steps are ordered by the store's clock. The cut and the delivery are stamped by an
-        # instance's clock, to the millisecond, and happen before and after every script step: their place
-        # comes from causality, never from comparing two clocks.
-        return sorted((e for e in entries if e), key=lambda e: (_TRACE_RANK.get(e.get("e"), 1), float(e.get("t", 0))))
+        # A cell's list is in the order its scripts ran (their stamps come from the callers' clocks, so two
+        # calls made in one millisecond may run in either order): lists are merged, never sorted. A job is
+        # in one cell at a time, so cells' lists interleave only where it moved. The cut and the delivery,
+        # written by an instance after the scripts' steps, come first and last.
+        cells = [[e for raw in rows if (e := _trace_entry(raw))] for rows in lists]
+        steps = heapq.merge(
+            *([e for e in entries if e.get("e") not in _INSTANCE_STEPS] for entries in cells),
+            key=lambda e: float(e.get("t", 0)),
+        )
+        cuts = [e for entries in cells for e in entries if e.get("e") == "cut"]
+        delivered = [e for entries in cells for e in entries if e.get("e") == "delivered"]
+        return [*cuts, *steps, *delivered]
 
     async def trace_session(self, trace: str) -> str | None:
         """The session whose utterances last carried the trace id, if any is recorded."""

@@ -7,19 +7,23 @@
 -- (the node chosen by selection, a group, a pair) is built from C, so it shares KEYS[1]'s hash slot.
 --
 -- Common ARGV header, read here:
---   ARGV[1] now, unix ms     ARGV[2] a random number in [0, 1) for tie-breaks
---   ARGV[3] job timeout ms   ARGV[4] pending timeout ms   ARGV[5] max attempts per job
---   ARGV[6] binding ttl ms (slot bindings, session job indexes and live job records)
--- Script-specific arguments start at ARGV[7].
+--   ARGV[1] a random number in [0, 1) for tie-breaks
+--   ARGV[2] job timeout ms   ARGV[3] pending timeout ms   ARGV[4] max attempts per job
+--   ARGV[5] binding ttl ms (slot bindings, session job indexes and live job records)
+-- Script-specific arguments start at ARGV[6].
+--
+-- Time is the store's (TIME), not the caller's: every deadline and trace step of a cell is on one clock,
+-- in the order the scripts ran, however the instances' clocks differ or their calls interleave.
 --
 -- Replies are cmsgpack maps {v = 1, ...}; actions are maps tagged by `a` (see store/records.py).
 local C = string.sub(KEYS[1], 1, -10)
-local NOW = tonumber(ARGV[1])
-local RAND = tonumber(ARGV[2])
-local JOB_TIMEOUT = tonumber(ARGV[3])
-local PENDING_TIMEOUT = tonumber(ARGV[4])
-local MAX_ATTEMPTS = tonumber(ARGV[5])
-local BINDING_TTL = tonumber(ARGV[6])
+local CLOCK = redis.call('TIME')
+local NOW = tonumber(CLOCK[1]) * 1000 + math.floor(tonumber(CLOCK[2]) / 1000)
+local RAND = tonumber(ARGV[1])
+local JOB_TIMEOUT = tonumber(ARGV[2])
+local PENDING_TIMEOUT = tonumber(ARGV[3])
+local MAX_ATTEMPTS = tonumber(ARGV[4])
+local BINDING_TTL = tonumber(ARGV[5])
 local VERSION = 1
 
 local DEADLINES = KEYS[1]      -- zset job_id -> deadline ms (pending timeout, or attempt deadline)

@@ -1,11 +1,11 @@
 -- reconcile: check each live node's job set against the jobs themselves and its load score against
 -- the set. The scripts keep both exact; this is the safety net the logs report on if it ever repairs.
 -- KEYS[1] the cell's deadlines zset   KEYS[2] the cell's liveness zset
--- ARGV[1..6] the common header (see _cell.lua)
--- ARGV[7] the most nodes to check in this call
+-- ARGV[1..5] the common header (see _cell.lua)
+-- ARGV[6] the most nodes to check in this call
 -- Reply {v, repairs = [{node, counted, actual}]}: in-flight attempts by the score, and by the jobs.
 local repairs = {}
-for _, node in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[7]) - 1)) do
+for _, node in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[6]) - 1)) do
   local jobs = key('node', node, 'jobs')
   for _, job_id in ipairs(redis.call('SMEMBERS', jobs)) do
     local j = load_job(job_id)
