@@ -9,7 +9,11 @@ voiced Plan A audio (520 ms) with ``is_final`` on the second: the finalizing chu
   ``translation_result`` (p50/p90/p99/max; same machine, one clock);
 - store commands per utterance, from ``INFO commandstats`` deltas (the ``evalsha`` calls are the network
   round trips; the rest run inside the scripts);
-- peak memory (RSS) of the scheduler process and of its store, when ``--spawn`` started them.
+- peak memory (RSS) and CPU share of the scheduler process and of its store, when ``--spawn`` started them
+  (or of the process ``--scheduler-pid`` names, with ``--scheduler``).
+
+``--live`` is another load: sessions that speak like people, in real time, in steps of more sessions; it
+reports the most speaking sessions the instance holds and its CPU per chunk (``dragoman.bench_live``).
 """
 
 from __future__ import annotations
@@ -625,7 +629,7 @@ def add_parser(commands: Any) -> None:
         "--capacity", type=int, default=256, help="max_concurrent_jobs each node announces (default 256)"
     )
     live = bench.add_argument_group("--live: sessions that speak like people, in steps of more sessions")
-    live.add_argument("--live", action="store_true", help="run the live benchmark (see above)")
+    live.add_argument("--live", action="store_true", help="run the live benchmark (README: Sizing a deployment)")
     live.add_argument(
         "--max-sessions", type=int, default=800, help="the last step's sessions; steps double up to it (default 800)"
     )
