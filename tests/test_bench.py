@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -87,3 +88,13 @@ def test_live_bench_rejects_a_pause_shorter_than_the_endpoint() -> None:
             [sys.executable, "-m", "dragoman", "bench", "--live", "--spawn", *args], capture_output=True, text=True
         )
         assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr, (args, run.stderr)
+
+
+def test_live_bench_says_why_when_no_session_opens() -> None:
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{s.getsockname()[1]}"
+    args = ["--live", "--scheduler", url, "--sessions", "2", "--max-sessions", "2", "--duration", "5"]
+    run = subprocess.run([sys.executable, "-m", "dragoman", "bench", *args], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "no utterance could be sent" in run.stderr and "2 sessions failed" in run.stderr

@@ -281,6 +281,10 @@ async def _commandstats(url: str | None) -> dict[str, int]:
         await client.aclose()
 
 
+class LoadError(RuntimeError):
+    """A worker of the load could not do its part (the message says which)."""
+
+
 class Monitor:
     """Peak memory and CPU time of a scheduler process and of its children (the embedded store)."""
 
@@ -420,7 +424,7 @@ async def drive(
     workers = [ctx.Process(target=target, args=(*args, ready, gos, out)) for target, args in clients]
     try:
         for _ in procs:
-            ready.get(timeout=30)
+            await _wait_ready(ready, procs)
         for proc in workers:
             proc.start()
         for _ in workers:
@@ -435,6 +439,8 @@ async def drive(
         for _ in workers:
             gos.put(go)
         reports: list[Any] = []
+        nodes_seen: dict[str, Seen] = {}
+        nodes_reported = 0
         # Read results while waiting: a worker cannot exit before its queued results are read.
         label, total, show = progress
         with _progress(show) as bar:
@@ -444,12 +450,16 @@ async def drive(
                 if monitor is not None:
                     monitor.sample()
                 try:
-                    _, data = out.get(timeout=0.1)
+                    kind, data = out.get(timeout=0.1)
                 except queue.Empty:
                     if not any(proc.is_alive() for proc in workers):
-                        raise RuntimeError("a load-generating worker died without a report") from None
+                        raise LoadError("a load-generating worker died without a report") from None
                     continue
-                reports.append(data)
+                if kind == "nodes":  # a node worker whose nodes all ended (their sockets closed) reports early
+                    nodes_seen.update(data)
+                    nodes_reported += 1
+                else:
+                    reports.append(data)
         after = await _commandstats(store_url)
         wall = time.monotonic() - started
         cpu: dict[str, float] = {}
@@ -457,8 +467,7 @@ async def drive(
             monitor.sample()
             cpu = {k: v - cpu_before.get(k, 0.0) for k, v in monitor.cpu_s.items()}
         stop.set()
-        nodes_seen: dict[str, Seen] = {}
-        for _ in procs:
+        for _ in range(len(procs) - nodes_reported):
             _, data = out.get(timeout=60)
             nodes_seen.update(data)
     finally:
@@ -480,7 +489,7 @@ async def _wait_ready(ready: Any, workers: list[Any]) -> None:
             return
         except queue.Empty:
             if not all(proc.is_alive() for proc in workers):
-                raise RuntimeError("a load-generating worker died while starting") from None
+                raise LoadError("a load-generating worker died while starting") from None
             await asyncio.sleep(0)
     raise TimeoutError(f"the load-generating workers were not set up within {START_TIMEOUT_S} s")
 
@@ -672,7 +681,7 @@ def run_on_target(args: argparse.Namespace, settings: dict[str, str], run: Run) 
         return asyncio.run(run(scheduler, store_url, monitor))
     except psutil.NoSuchProcess:
         print(f"dragoman bench: --scheduler-pid {args.scheduler_pid}: no such process", file=sys.stderr)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, LoadError) as exc:
         print(f"dragoman bench: {exc}", file=sys.stderr)
     finally:
         if spawned is not None:

@@ -443,7 +443,8 @@ def main(args: argparse.Namespace) -> int:
     if report is None:
         return 1
     if not report["steps"][0]["utterances"]:
-        print("dragoman bench: no utterance could be sent (is the scheduler up?)", file=sys.stderr)
+        why = "; ".join(report["steps"][0]["failed"])
+        print(f"dragoman bench: no utterance could be sent (is the scheduler up?): {why}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(report))
