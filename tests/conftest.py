@@ -86,7 +86,7 @@ class Running:
 
     async def node_ready(self, node_id: str) -> bool:
         """Whether the node's first heartbeat has reached the store (the node can be given jobs)."""
-        return any(n.node_id == node_id and n.heartbeat_ms for n in await self.store.nodes())
+        return any(n.node_id == node_id and n.load for n in await self.store.nodes())  # a heartbeat's load
 
     async def stop(self) -> None:
         NODE_READY.pop(self.node_url, None)

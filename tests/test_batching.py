@@ -26,6 +26,7 @@ from dragoman.server import uvicorn_options
 from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
 from dragoman.store.records import ProbeReply
+from dragoman.store.store import _PACKED
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
@@ -126,3 +127,16 @@ async def test_results_sent_just_before_the_node_closes_count(dragoman: StartDra
         outcomes = await client.outcomes(30)
     assert [o["type"] for o in outcomes] == ["translation_result"] * 30
     assert [o["utterance_index"] for o in outcomes] == list(range(30))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 2, "{sched:0}:deadlines", "{sched:0}:job:j-1", 0.30000000000000004, 60_000, "x" * 3000),
+        ("CONFIG GET", "maxmemory"),  # a command of two words goes as two
+        ("SET", b"\x00\xff", "é", -1),
+    ],
+)
+def test_the_store_packs_commands_as_redis_py_does(args: tuple[Any, ...]) -> None:
+    for plain, packed in _PACKED.items():
+        assert b"".join(packed().pack_command(*args)) == b"".join(plain().pack_command(*args)), packed

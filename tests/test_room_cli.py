@@ -85,7 +85,7 @@ async def test_two_terminals_hold_a_translated_conversation(dragoman: StartDrago
                 out, err = await asyncio.wait_for(guest.communicate(), 30)
                 assert guest.returncode == 0, err.decode()
                 guest_lines = [json.loads(line) for line in out.decode().splitlines()]
-                assert guest_lines[0] == {"event": "room", "room_code": room["room_code"]}
+                assert guest_lines[0] == room  # the room's code and id, from the room_create_ack a joiner gets
                 assert not [g for g in guest_lines if g["event"] == "result"]  # not its own speech
                 seen = [await _line(host) for _ in range(3)]  # Bob joins, speaks, leaves
                 assert [s["event"] for s in seen] == ["members", "result", "members"]
@@ -121,6 +121,8 @@ async def test_session_client_room_methods_and_events(dragoman: StartDragoman) -
         assert isinstance(ack, p.RoomCreateAck) and host.room_code == ack.room_code
         assert isinstance(await host.recv(timeout=5), p.RoomMembers)
         await guest.join_room(ack.room_code, preferred_lang="en")
+        told = await guest.recv(timeout=5)  # a joiner is told the room's code and id first, as a creator is
+        assert told == ack and guest.room_code == ack.room_code
         joined = await guest.recv(timeout=5)
         assert isinstance(joined, p.RoomMembers) and [m.session_id for m in joined.members] == [
             host.session_id,

@@ -106,6 +106,25 @@ def job(tgt: str, guard: bool, index: int = 0) -> JobSpec:
     )
 
 
+async def test_a_client_keys_join_budget_is_taken_and_given_back_atomically(store: Store) -> None:
+    """Concurrent takes never overrun the budget; a given-back attempt can be taken again; giving back never
+    goes below zero; the budget is renewed after its window; keys do not share one (names with any character)."""
+    key = "gateway {x}"  # braces and a space: the key is built from the name's digest
+    taken = await asyncio.gather(*(store.take_join_attempt(key, 3, 2000) for _ in range(8)))
+    assert sorted(w == 0 for w in taken) == [False] * 5 + [True] * 3
+    assert all(0 < w <= 2000 for w in taken if w)
+    await store.give_back_join_attempt(key)
+    assert await store.take_join_attempt(key, 3, 2000) == 0
+    assert await store.take_join_attempt(key, 3, 2000) > 0
+    assert await store.take_join_attempt("another key", 3, 2000) == 0
+    for _ in range(3):
+        await store.give_back_join_attempt("never taken")
+    first, second = [await store.take_join_attempt("never taken", 1, 2000) for _ in range(2)]
+    assert first == 0 and 0 < second <= 2000  # the gifts did not raise its budget
+    await asyncio.sleep(2.1)
+    assert await store.take_join_attempt(key, 3, 2000) == 0
+
+
 async def test_the_utterance_guard_keeps_one_utterances_jobs_on_different_nodes(store: Store) -> None:
     await store.register_node("n1", "c1", "inst", 8, b"{}")
     assert (await store.heartbeat_node("n1", "c1", ["zh:en", "zh:ja"], 8, b"{}", drain=8)).ok

@@ -58,9 +58,13 @@ async def test_create_join_leave_and_lingua_errors(dragoman: StartDragoman) -> N
         assert JOINED_AT.match(first["joined_at"]) and "raw_voice_preferences" not in first
 
         await b.room_join(code, preferred_lang="en")
-        for member in (a, b):
-            ids = [m["session_id"] for m in await member.members(count=2)]
-            assert ids == [a.session_id, b.session_id]  # in joining order
+        # the joiner gets the room's code in a room_create_ack first: lingua's web client takes it from nowhere
+        # else, and ignores room_members (and WebRTC offers) of a room whose code it does not know
+        assert await b.recv() == {"type": "room_create_ack", "room_code": code, "room_id": ack["room_id"]}
+        joined = await b.recv()
+        assert joined["type"] == "room_members" and joined["room_code"] == code
+        for members in (joined["members"], await a.members(count=2)):
+            assert [m["session_id"] for m in members] == [a.session_id, b.session_id]  # in joining order
 
         await b.room_join(code, preferred_lang="en")
         assert await _room_error(b) == {"type": "room_error", "code": "ALREADY_IN_ROOM", "message": "已在房间中"}
@@ -323,9 +327,70 @@ async def test_room_full_and_failed_joins_are_limited(dragoman: StartDragoman) -
         assert limited["code"] == "INTERNAL_ERROR" and "too many failed room joins" in limited["message"]
         await bob.room_join(ack["room_code"], preferred_lang="en")  # another socket is not limited
         await bob.members(count=2)
+        assert not await d.store.client.keys("*roomjoin*")  # without client keys, no budget in the store
     finally:
         for client in (alice, bob, carol):
             await client.close()
+
+
+async def test_failed_joins_are_limited_per_client_key_across_sockets_and_instances(any_store_url: str) -> None:
+    """The sockets of one client key share a budget of failed joins, on every instance (in the store); a
+    right code does not use it up; another key, and browsers admitted by their Origin, keep their own."""
+    prefix, origin = f"roomkeys-{uuid.uuid4().hex[:8]}", "https://talk.example.org"
+    auth = {"client_keys": ("app:app-key", "other:other-key"), "allowed_origins": (origin,)}
+    limits = {"room_join_failures": 5, "room_join_key_failures": 3, "room_join_window_ms": 3000}
+    a, b = [await start_dragoman(any_store_url, prefix=prefix, cells=max(2, CELLS), **auth, **limits) for _ in "ab"]
+
+    async def opened(instance: Running, key: str = "", lang: str = "en") -> LinguaWebClient:
+        client = LinguaWebClient(instance.session_url + (f"?key={key}" if key else ""))
+        if not key:
+            client.headers = {"Origin": origin}
+        await client.open()
+        await client.init(two_way=False, src_lang=lang, tgt_lang="en")
+        return client
+
+    host = await opened(a, "other-key", "zh")
+    app_a, app_b, other, page_1, page_2 = [
+        await opened(*where) for where in ((a, "app-key"), (b, "app-key"), (b, "other-key"), (a,), (b,))
+    ]
+    clients = (host, app_a, app_b, other, page_1, page_2)
+    try:
+        ack, _ = await host.room_create(preferred_lang="zh")
+        code = ack["room_code"]
+        wrong = "100000" if code != "100000" else "100001"
+        await app_a.room_join(code, preferred_lang="en")  # a right code gives its attempt back
+        await app_a.members(count=2)
+        await app_a.room_leave(code)
+        await host.members(count=1)
+        for client in (app_a, app_b, app_a):  # the key's 3 failures, from two sockets on two instances
+            await client.room_join(wrong)
+            assert (await _room_error(client))["code"] == "ROOM_NOT_FOUND"
+        for client in (app_b, app_a):  # either socket, even with the right code
+            await client.room_join(code, preferred_lang="en")
+            limited = await _room_error(client)
+            assert limited["code"] == "INTERNAL_ERROR"
+            assert "too many failed room joins with this client key; retry in" in limited["message"]
+        retry_ms = int(re.findall(r"retry in (\d+) ms", limited["message"])[0])
+        assert 0 < retry_ms <= 3000
+
+        await other.room_join(wrong)  # another key is not limited
+        assert (await _room_error(other))["code"] == "ROOM_NOT_FOUND"
+        for _ in range(5):  # a browser page has the per-socket budget only: more failures than the key's
+            await page_1.room_join(wrong)
+            assert (await _room_error(page_1))["code"] == "ROOM_NOT_FOUND"
+        await page_1.room_join(wrong)
+        assert "from this connection" in (await _room_error(page_1))["message"]
+        await page_2.room_join(code, preferred_lang="ja")  # another page (same Origin) is not limited
+        await page_2.members(count=2)
+
+        await asyncio.sleep(retry_ms / 1000 + 0.2)  # the key's window is over: it may try again
+        await app_b.room_join(code, preferred_lang="en")
+        assert len(await app_b.members(count=3)) == 3
+    finally:
+        for client in clients:
+            await client.close()
+        for instance in (a, b):
+            await instance.stop()
 
 
 async def test_web_client_streams_into_a_room_and_views_count_rooms(pair: tuple[Running, Running]) -> None:
@@ -574,28 +639,39 @@ async def test_speaker_socket_closed_cancels_its_room_jobs(dragoman: StartDragom
             await peer.close()
 
 
-async def test_members_without_a_language_receive_nothing_and_alone_a_speaker_gets_its_own(
+async def test_members_without_a_language_receive_nothing_and_a_speaker_nobody_hears_gets_its_own(
     dragoman: StartDragoman,
 ) -> None:
+    """lingua's web client joins and creates rooms without ``preferred_lang``: as in lingua, a speaker whose
+    fellow members have none gets its own job and result, as outside rooms; once one has a language, the job is
+    for that member only, and the member without one still receives nothing."""
     d = await dragoman()
     node = LinguaNode(d.node_url, langs=LANGS)
     await node.start()
-    speaker, silent = await _client(d.session_url, "zh"), await _client(d.session_url, "en")
+    speaker, silent, listener = [await _client(d.session_url, lang) for lang in LANGS]
     try:
-        ack, _ = await speaker.room_create(preferred_lang="zh")
+        ack, _ = await speaker.room_create()
         await silent.room_join(ack["room_code"])  # no preferred_lang: receives nothing (§11.1)
         await speaker.members(count=2)
         await speaker.utterance(0, pcm16(200), src_lang="zh", tgt_lang="en")
-        await node.expect_nothing(0.4, types={"job_assign"})  # nobody would receive it: no job
-        await silent.room_leave(ack["room_code"])
-        await speaker.members(count=1)
-        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")  # alone: its own job, as outside rooms
-        job = await node.next_job()
-        assert (job["utterance_index"], job["tgt_lang"]) == (1, "en")
+        job = await node.next_job()  # nobody else would hear it: the speaker's own job, as in lingua
+        assert (job["utterance_index"], job["tgt_lang"]) == (0, "en")
         await node.result(job)
-        assert [o["utterance_index"] for o in await speaker.outcomes(1)] == [1]
+        assert [o["utterance_index"] for o in await speaker.outcomes(1)] == [0]
+
+        await listener.room_join(ack["room_code"], preferred_lang="ja")
+        await speaker.members(count=3)
+        await speaker.utterance(1, pcm16(200), src_lang="zh", tgt_lang="en")
+        job = await node.next_job()
+        assert (job["utterance_index"], job["tgt_lang"]) == (1, "ja")  # one job, for the member with a language
+        await node.expect_nothing(0.3, types={"job_assign"})
+        await node.result(job)
+        [heard] = await listener.outcomes(1)
+        assert (heard["session_id"], heard["utterance_index"]) == (speaker.session_id, 1)
+        await speaker.expect_nothing(0.3, types={"translation_result", "missing_result"})
+        await silent.expect_nothing(0.3, types={"translation_result", "missing_result"})
     finally:
-        for peer in (speaker, silent, node):
+        for peer in (speaker, silent, listener, node):
             await peer.close()
 
 

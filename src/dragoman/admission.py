@@ -29,6 +29,7 @@ TRY_LATER = 1013  # the close code of a limit
 class Admitted:
     name: str  # the token / key name ('' without authentication)
     peer: str  # the peer's address
+    by_key: bool = False  # a client socket admitted by its client key (not by its Origin)
 
 
 class Admission:
@@ -56,7 +57,7 @@ class Admission:
             self.refused(path, peer, verdict.refused)
             await websocket.close(POLICY, verdict.refused)
             return None
-        return Admitted(verdict.name, peer)
+        return Admitted(verdict.name, peer, verdict.by_key)
 
     def leave(self, admitted: Admitted) -> None:
         self.peers.leave(admitted.peer)

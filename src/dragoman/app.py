@@ -87,6 +87,8 @@ def create_app(scheduler: Scheduler, auth: Auth | None = None) -> Starlette:
         if admitted is None:
             return
         conn = connection(websocket, "client")
+        if admitted.by_key:
+            scheduler.rooms.admitted_by_key(conn, admitted.name)
         owned = _SocketSessions()
         rates = ClientRates(settings.max_messages_per_s, settings.max_audio_speed, limit)
         # In use once it opens a session (messages for other sockets' sessions are refused: see _own).

@@ -110,10 +110,12 @@ def _origin(value: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Admitted under ``name`` ('' when no authentication applies), or refused for ``refused``."""
+    """Admitted under ``name`` ('' when no authentication applies), or refused for ``refused``. ``by_key``: the
+    name is a client key's (not an allowed Origin's)."""
 
     name: str = ""
     refused: str = ""
+    by_key: bool = False
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -173,7 +175,7 @@ class Auth:
         presented = query.get("key") or bearer(headers)
         if presented:
             name = self.clients.name_of(presented)
-            return Verdict(name) if name else Verdict(refused="client key not valid")
+            return Verdict(name, by_key=True) if name else Verdict(refused="client key not valid")
         origin = headers.get("origin")
         if origin is not None and self.origins and self._origin_allowed(origin):
             return Verdict(f"origin {_origin(origin)}")

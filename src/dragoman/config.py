@@ -85,6 +85,7 @@ class Settings:
     room_check_interval_ms: int = 60_000  # how often idle rooms are looked for
     room_max_members: int = 16  # a join past this gets room_error ROOM_FULL
     room_join_failures: int = 5  # failed joins a socket may make per room_join_window_ms (codes are guessable)
+    room_join_key_failures: int = 20  # ... and all the sockets of one client key together, on every instance
     room_join_window_ms: int = 60_000
     # Store retention
     session_result_ttl_ms: int = 60_000  # a session job's record (and outcome) once resolved

@@ -144,7 +144,8 @@ class _Stream:
 
 
 class JoinLimiter:
-    """Failed joins of one socket: at most ``limit`` per ``window_ms`` (room codes are guessable)."""
+    """Failed joins of one socket: at most ``limit`` per ``window_ms`` (room codes are guessable). The sockets
+    of one client key also share a budget in the store (``Store.take_join_attempt``)."""
 
     def __init__(self, limit: int, window_ms: int) -> None:
         self.window_ms = window_ms
@@ -170,7 +171,17 @@ class Rooms:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
+        self._client_keys: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         metrics.ROOM_MEMBERS.read = lambda: sum(1 for a in scheduler.sessions.values() if a.room.view is not None)
+
+    def admitted_by_key(self, conn: Connection, client_key: str) -> None:
+        """``conn`` presented the client key named ``client_key``: its failed joins count against the key too."""
+        self._client_keys[conn] = client_key
+
+    def client_key(self, conn: Connection) -> str:
+        """The name of the client key ``conn`` was admitted with; "" without one (no authentication, or a
+        browser admitted by its Origin: any page may claim one, and a shared budget would let one lock out all)."""
+        return self._client_keys.get(conn, "")
 
     async def send(self, members: list[RoomMember], frame: bytes, room: str | None = None, only_in: str = "") -> int:
         """A frame for members: each one's actor if held here, else one post to each other instance that holds
@@ -370,9 +381,20 @@ class Membership:
         if self._refused_member(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
+        # The key's budget is taken before the lookup and given back unless the code was wrong (or the store
+        # failed meanwhile): concurrent joins of the key's sockets cannot overrun it.
+        client_key = self._scheduler.rooms.client_key(self.actor.conn) if settings.room_join_key_failures else ""
+        if client_key:
+            budget, window = settings.room_join_key_failures, settings.room_join_window_ms
+            if wait := await store.take_join_attempt(client_key, budget, window):
+                metrics.ROOM_EVENTS.inc("join_limited")
+                self._error("INTERNAL_ERROR", f"too many failed room joins with this client key; retry in {wait} ms")
+                return
         room_id = await store.room_of_code(msg.room_code) if msg.room_code.isdigit() else None
         member = self._member(msg.display_name, msg.preferred_lang)
         state = await store.join_room(room_id, member) if room_id else None
+        if client_key and state is not None and state.status != "not_found":
+            await store.give_back_join_attempt(client_key)
         if state is None or state.status == "not_found":
             limiter.failed(now)
             metrics.ROOM_EVENTS.inc("join_failed")
@@ -384,6 +406,9 @@ class Membership:
             self._error("ROOM_FULL", f"the room is full ({settings.room_max_members} members)")
         else:
             metrics.ROOM_EVENTS.inc("joined")
+            # lingua's web client takes a room's code only from room_create_ack: without one a joiner ignores
+            # every room_members (and so WebRTC offers) and never shows the room. The ack tells it the code.
+            self._send(p.encode(p.RoomCreateAck(room_code=state.code, room_id=state.room_id)))
             await self._entered(RoomView.of(state), member)
 
     async def leave(self, for_resume: bool = False) -> bool:
@@ -484,14 +509,13 @@ class Membership:
     # -- translation fan-out and delivery (§11.1, §12.3) --------------------------------------------
 
     def targets(self) -> list[str] | None:
-        """The target languages of this session's next utterance: None outside a room or alone in one (its
-        own job, as outside rooms); else every distinct ``preferred_lang`` of the other members."""
+        """The target languages of this session's next utterance: every distinct ``preferred_lang`` of the
+        other members; None (its own job, as outside rooms) outside a room, alone in one, or when no other
+        member has a ``preferred_lang``, as lingua does (its web client's room page never sends one)."""
         if self.view is None:
             return None
-        others = [m for m in self.view.members if m.session_id != self.actor.id]
-        if not others:
-            return None
-        return sorted({m.preferred_lang for m in others if m.preferred_lang})
+        langs = {m.preferred_lang for m in self.view.members if m.session_id != self.actor.id and m.preferred_lang}
+        return sorted(langs) if langs else None
 
     def add(self, lang: str, slot: Slot, turn: str) -> tuple[str, ...]:
         """A room job's slot in its language's stream; returns the nodes it should prefer."""

@@ -98,14 +98,16 @@ async def _enter(client: SessionClient, options: RoomOptions, printer: _Printer)
         await client.create_room(preferred_lang=options.lang, display_name=options.name)
     else:
         await client.join_room(options.code, preferred_lang=options.lang, display_name=options.name)
+    announced = False  # the room line: from room_create_ack (Dragoman sends one to joiners too), else members
     while True:
         event = await client.recv(timeout=10)
         if isinstance(event, p.RoomError):
             raise RoomRefused(f"room_error {event.code}: {event.message or ''}")
         if isinstance(event, p.RoomCreateAck):
             _emit(options.as_json, "room", f"room {event.room_code}", room_code=event.room_code, room_id=event.room_id)
+            announced = True
         elif isinstance(event, p.RoomMembers):
-            if options.code is not None:
+            if not announced:
                 _emit(options.as_json, "room", f"room {event.room_code}", room_code=event.room_code)
             printer.members(event)
             return event.room_code

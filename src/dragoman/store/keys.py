@@ -8,6 +8,7 @@ have tags of their own. See docs/ARCHITECTURE.md for the schema.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from functools import cache
 
@@ -116,6 +117,10 @@ class Keys:
 
     def room_code(self, code: str) -> str:
         return f"{self.prefix}:{{roomcode:{code}}}"
+
+    def room_join_budget(self, client_key: str) -> str:
+        """The failed room joins of one client key (by its name's digest: a name may hold any character)."""
+        return f"{self.prefix}:{{roomjoin:{hashlib.sha256(client_key.encode()).hexdigest()[:32]}}}"
 
     @property
     def rooms(self) -> str:

@@ -229,6 +229,13 @@ class RoomReply(_Reply, frozen=True):
     version: int = 0  # counts the room's changes
 
 
+class JoinBudgetReply(_Reply, frozen=True):
+    """room_join_budget.lua: whether a client key may try a room code now, else in how many ms."""
+
+    allowed: bool
+    retry_after_ms: int = 0
+
+
 class ReleasedReply(_Reply, frozen=True):
     released: bool
 

@@ -46,6 +46,7 @@ OTHER_SCRIPTS = (
     "room_expire",
     "room_code_release",
     "room_drop_instance",
+    "room_join_budget",
 )
 
 
