@@ -5,7 +5,8 @@ speaks 3.12 s (12 web-client chunks of 13 voiced 20 ms Plan A packets), then pau
 (chunks of packets whose SILK voice-activity flag is clear, 8 bytes each, like the web client's near-silence
 chunks), and again, until the step's time is up. One chunk goes every 260 ms per session on a fixed schedule,
 the sessions' schedules spread evenly over one speech-and-pause cycle. Nothing is sent with ``is_final``: the
-scheduler cuts each utterance when its pause reaches ``endpoint_silence_ms``.
+scheduler cuts each utterance when its pause reaches the silence the speech needs (380 ms after 3.12 s of
+speech, with the default endpoint settings: ``segmenter.required_silence_ms``).
 
 The run is a ramp of steps: ``--sessions``, twice as many, and so on up to ``--max-sessions``, each with fresh
 sessions and echo nodes, each speaking for ``--duration`` seconds (a speech that has begun is finished); it
@@ -13,8 +14,8 @@ stops after the first step that fails (``--all-steps``: it goes on). Per step:
 
 - chunks per second, counted while every session of the step is speaking;
 - finalize → ``job_assign`` (and → ``translation_result``), p50/p90/p99/max: from the moment the pause reached
-  ``endpoint_silence_ms`` by the client's clock (the time the last chunk before that moment was sent, plus
-  the rest of ``endpoint_silence_ms``) to the node receiving the utterance's ``job_assign``. It includes that
+  where the scheduler can cut, by the client's clock (``LivePlan.finalize_ms``: the time the last chunk before
+  that moment was sent, plus the rest) to the node receiving the utterance's ``job_assign``. It includes that
   chunk's way to the scheduler; the scheduler's own timer runs from the chunk's arrival;
 - the send lag of every chunk (how long after its time it was sent: a load generator that falls behind, or a
   scheduler that stops reading); a chunk is *late* past ``--late-ms``;
@@ -69,6 +70,8 @@ from dragoman.bench import (
     tally,
 )
 from dragoman.client.endpoints import with_query
+from dragoman.config import Settings
+from dragoman.segmenter import required_silence_ms
 
 CHUNK_PACKETS = 13  # the web client's chunk: 13 packets of 20 ms
 CHUNK_MS = CHUNK_PACKETS * PACKET_MS
@@ -122,11 +125,20 @@ class LivePlan:
     def cycle_s(self) -> float:
         return self.cycle * CHUNK_MS / 1000
 
+    @property
+    def finalize_ms(self) -> int:
+        """When, after the speech, the scheduler can cut by the client's clock: the pause the speech needs
+        (``segmenter.required_silence_ms``) has passed, and a chunk showing ``endpoint_min_silence_ms`` of
+        it has been sent (the scheduler's timer never cuts before it has seen that much)."""
+        settings = Settings(endpoint_silence_ms=self.endpoint_silence_ms)
+        required = required_silence_ms(settings, SPEECH_CHUNKS * CHUNK_MS)
+        return max(required, math.ceil(settings.endpoint_min_silence_ms / CHUNK_MS) * CHUNK_MS)
+
     def finalize_point(self) -> tuple[int, int]:
-        """Where the pause reaches ``endpoint_silence_ms``: (the index in a cycle of the last chunk sent before
-        that, the ms from that chunk's sending to that moment)."""
-        pause_chunks_before = math.ceil(self.endpoint_silence_ms / CHUNK_MS) - 1
-        return SPEECH_CHUNKS - 1 + pause_chunks_before, self.endpoint_silence_ms - pause_chunks_before * CHUNK_MS
+        """(the index in a cycle of the last chunk sent at or before ``finalize_ms``, the ms from its sending
+        to that moment)."""
+        chunks, rest = divmod(self.finalize_ms, CHUNK_MS)
+        return SPEECH_CHUNKS - 1 + chunks, rest
 
 
 def ramp(first: int, last: int) -> tuple[int, ...]:
@@ -415,8 +427,6 @@ def main(args: argparse.Namespace) -> int:
         problem = "--sessions, --max-sessions, --nodes, --capacity and --endpoint-silence-ms must be positive"
     elif args.max_sessions < first:
         problem = "--max-sessions must be at least --sessions"
-    elif pause_chunks * CHUNK_MS < (least := math.ceil(args.endpoint_silence_ms / CHUNK_MS) * CHUNK_MS):
-        problem = f"--pause must be at least {least / 1000} s: the pause must reach --endpoint-silence-ms"
     if problem is None:
         plan = LivePlan(
             steps=ramp(first, args.max_sessions),
@@ -429,7 +439,10 @@ def main(args: argparse.Namespace) -> int:
             p99_ms=args.p99_ms,
             all_steps=args.all_steps,
         )
-        if plan.step_s <= plan.cycle_s:
+        least = math.ceil(plan.finalize_ms / CHUNK_MS) * CHUNK_MS
+        if pause_chunks * CHUNK_MS < least:
+            problem = f"--pause must be at least {least / 1000} s: the pause must reach where the scheduler cuts"
+        elif plan.step_s <= plan.cycle_s:
             problem = f"--duration must be more than one speech and its pause ({plan.cycle_s:.2f} s) with --live"
     if problem is not None:
         print(f"dragoman bench: {problem}", file=sys.stderr)
