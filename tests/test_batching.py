@@ -26,7 +26,7 @@ from dragoman.server import uvicorn_options
 from dragoman.store import Store
 from dragoman.store.embedded import EmbeddedStore
 from dragoman.store.records import ProbeReply
-from dragoman.store.store import _PACKED
+from dragoman.store.store import _PACKED, BATCH
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
@@ -140,3 +140,12 @@ async def test_results_sent_just_before_the_node_closes_count(dragoman: StartDra
 def test_the_store_packs_commands_as_redis_py_does(args: tuple[Any, ...]) -> None:
     for plain, packed in _PACKED.items():
         assert b"".join(packed().pack_command(*args)) == b"".join(plain().pack_command(*args)), packed
+
+
+async def test_many_sessions_are_renewed_in_several_pipelines_and_every_one_counts(store: Store) -> None:
+    sessions = [f"s-renew-{i}" for i in range(3 * BATCH + 5)]  # four pipelines
+    for session in sessions:
+        await store.open_session(session, "inst", "actor", b"{}", "trace")
+    await store.keep_sessions([(session, i) for i, session in enumerate(sessions)])
+    for i, session in enumerate(sessions):
+        assert await store.client.hget(store.keys.session(session), "delivered") == str(i).encode()

@@ -14,12 +14,13 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import hiredis
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 
@@ -66,6 +67,7 @@ from dragoman.store.scripts import Scripts
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+T = TypeVar("T")
 INBOX_GROUP = "dragoman"
 TRACE_MAX = 64  # steps kept per job (as lua/_cell.lua's TRACE_MAX)
 SESSION_TRACE_MAX = 256  # cuts kept per session
@@ -93,6 +95,7 @@ def group_id(pairs: list[str]) -> str:
 
 
 CLUSTER_SCHEME = "redis+cluster://"
+BATCH = 64  # items per pipeline where an instance writes many at once (Store._in_batches)
 
 
 def connect(url: str, max_connections: int, timeout_s: float) -> redis.Redis:
@@ -401,7 +404,7 @@ class Store:
         trace_ids: dict[str, str] | None = None,
     ) -> None:
         """Append steps recorded outside the scripts (cut, delivered) to job traces (job id, cell, entry) and
-        session traces, in one pipelined call. A job's list exists already (its scripts made it, with the
+        session traces, in pipelined calls (``_in_batches``). A job's list exists already (its scripts made it, with the
         job's ttl): ``RPUSHX`` adds to it, one command per list, and adds nothing to a job that is gone, so
         no list is left without a ttl; these two steps at most pass the scripts' cap of ``TRACE_MAX``.
         ``trace_ids``: trace id -> the session whose utterances carry it (the latest session wins)."""
@@ -412,16 +415,22 @@ class Store:
         session_lists: dict[str, list[bytes]] = {}
         for session, entry in sessions:
             session_lists.setdefault(k.session_trace(session), []).append(msgspec.msgpack.encode(entry))
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            for key, entries in job_lists.items():
-                pipe.rpushx(key, *entries)  # type: ignore[arg-type]
-            for key, entries in session_lists.items():
-                pipe.rpush(key, *entries)
-                pipe.ltrim(key, -SESSION_TRACE_MAX, -1)
-                pipe.pexpire(key, self.settings.binding_ttl_ms)  # as long as its jobs' records can live
-            for trace, session in (trace_ids or {}).items():
-                pipe.set(k.trace_session(trace), session, px=self.settings.binding_ttl_ms)
-            await pipe.execute()
+        ttl = self.settings.binding_ttl_ms
+
+        def job_steps(pipe: Pipeline, item: tuple[str, list[bytes]]) -> None:
+            pipe.rpushx(item[0], *item[1])  # type: ignore[arg-type]
+
+        def session_steps(pipe: Pipeline, item: tuple[str, list[bytes]]) -> None:
+            pipe.rpush(item[0], *item[1])
+            pipe.ltrim(item[0], -SESSION_TRACE_MAX, -1)
+            pipe.pexpire(item[0], ttl)  # as long as its jobs' records can live
+
+        def trace_session(pipe: Pipeline, item: tuple[str, str]) -> None:
+            pipe.set(k.trace_session(item[0]), item[1], px=ttl)
+
+        await self._in_batches(list(job_lists.items()), job_steps)
+        await self._in_batches(list(session_lists.items()), session_steps)
+        await self._in_batches(list((trace_ids or {}).items()), trace_session)
 
     async def job_trace(self, job_id: str) -> list[dict[str, Any]]:
         """The job's steps from every cell it went through, in time order (empty: unknown or expired)."""
@@ -553,18 +562,28 @@ class Store:
     async def keep_sessions(self, sessions: list[tuple[str, int]]) -> None:
         """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops) and
         record up to which index each has delivered its outcomes, so a resume re-sends only the rest."""
-        if not sessions:
-            return
         k = self.keys
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            for session, delivered in sessions:
-                key = k.session(session)
-                index = k.session_jobs(k.home_cell(session), session)
-                pipe.hset(key, "delivered", delivered)
-                pipe.pexpire(key, self.settings.resume_grace_ms)
-                pipe.zremrangebyscore(index, "-inf", delivered)
-                pipe.pexpire(index, self.settings.binding_ttl_ms)
-            await pipe.execute()
+
+        def keep(pipe: Pipeline, item: tuple[str, int]) -> None:
+            session, delivered = item
+            key = k.session(session)
+            index = k.session_jobs(k.home_cell(session), session)
+            pipe.hset(key, "delivered", delivered)
+            pipe.pexpire(key, self.settings.resume_grace_ms)
+            pipe.zremrangebyscore(index, "-inf", delivered)
+            pipe.pexpire(index, self.settings.binding_ttl_ms)
+
+        await self._in_batches(sessions, keep)
+
+    async def _in_batches(self, items: Sequence[T], add: Callable[[Pipeline, T], None]) -> None:
+        """Pipelines of ``BATCH`` items each (``add`` puts an item's commands in): one pipeline of thousands
+        of commands would hold the event loop for tens of ms while it is built and its replies read (every
+        cut due meanwhile would wait); between two, the loop runs."""
+        for start in range(0, len(items), BATCH):
+            async with self._connection(), self.client.pipeline(transaction=False) as pipe:
+                for item in items[start : start + BATCH]:
+                    add(pipe, item)
+                await pipe.execute()
 
     async def close_session(self, session: str) -> None:
         k = self.keys
