@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from dragoman.config import Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import load_audio
-from dragoman.segmenter import Segmenter, required_silence_ms, speech_packets
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.voice import packet_activity
+from dragoman.scheduler.segmenter import Segmenter, required_silence_ms, speech_packets
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.voice import packet_activity
 
 from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient
@@ -222,7 +222,7 @@ def _find(stream: list[bytes], run: list[bytes], start: int) -> int:
 
 
 def activity_cost_us(packets: list[bytes]) -> float:
-    """What reading the voice activity of a packet costs (``dragoman.voice``), best of three passes."""
+    """What reading the voice activity of a packet costs (``dragoman.scheduler.voice``), best of three passes."""
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()

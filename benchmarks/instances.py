@@ -30,7 +30,7 @@ from rich.console import Console
 from dragoman import protocol as p
 from dragoman.bench import Plan, run_bench
 from dragoman.client import SessionClient, SessionConfig
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 
 def free_port() -> int:

@@ -49,7 +49,7 @@ from typing import Any
 import httpx
 from playwright.async_api import Page, WebSocket, async_playwright
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium as root, with no network but loopback: no sandbox, no background connections (they are refused here),

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from roundtrips import watch_network
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient, voiced_chunk

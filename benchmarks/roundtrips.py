@@ -23,7 +23,7 @@ from rich.progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient, voiced_chunk

@@ -18,8 +18,8 @@ import time
 import uvloop
 
 from dragoman.config import Settings
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.store.store import Store
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.store import Store
 
 
 async def main(counts: list[int], repeat: int) -> None:

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from dragoman.config import Settings
 from dragoman.langs import node_pairs
-from dragoman.store import JobSpec, Store, assigned_node
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.store.store import connect
+from dragoman.scheduler.store import JobSpec, Store, assigned_node
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.store import connect
 
 from cluster import ValkeyCluster
 

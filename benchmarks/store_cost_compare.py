@@ -24,8 +24,8 @@ async def run(utterances: int) -> list[dict[str, Any]]:
 
     from dragoman.config import Settings
     from dragoman.langs import node_pairs
-    from dragoman.store import JobSpec, Store
-    from dragoman.store.embedded import EmbeddedStore
+    from dragoman.scheduler.store import JobSpec, Store
+    from dragoman.scheduler.store.embedded import EmbeddedStore
 
     embedded = EmbeddedStore(tempfile.mkdtemp(prefix="dragoman-cmp-"))
     url = await embedded.start()

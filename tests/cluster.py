@@ -3,7 +3,7 @@
 ``async with ValkeyCluster() as cluster:`` starts three ``valkey-server --cluster-enabled yes`` processes,
 gives each a third of the 16384 hash slots, joins them with ``CLUSTER MEET`` and waits until every node
 reports ``cluster_state:ok`` and knows every slot. ``cluster.url`` names the three nodes for
-``dragoman.store.store.connect``. Leaving the block stops every process (SIGTERM, then SIGKILL); on Linux
+``dragoman.scheduler.store.store.connect``. Leaving the block stops every process (SIGTERM, then SIGKILL); on Linux
 the servers also die with the test process if it is killed outright.
 """
 
@@ -25,7 +25,7 @@ from typing import Self
 
 import redis.asyncio as redis
 
-from dragoman.store.embedded import find_server_binary
+from dragoman.scheduler.store.embedded import find_server_binary
 
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 HOST = "127.0.0.1"

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import uvicorn
 
-from dragoman.app import create_app
 from dragoman.config import Settings
-from dragoman.scheduler import Scheduler
-from dragoman.server import UvicornServer, uvicorn_options
-from dragoman.store import Store
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.app import create_app
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.server import UvicornServer, uvicorn_options
+from dragoman.scheduler.store import Store
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from cluster import ValkeyCluster
 from peers import NODE_READY

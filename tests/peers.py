@@ -69,7 +69,7 @@ def plan_a(packets: Iterable[bytes]) -> bytes:
 
 
 #: First range-coded byte of a fake packet: with the SILK voice-activity flag set on a voiced frame, or clear
-#: (what ``dragoman.voice`` reads, for ``endpointing = "voice"``).
+#: (what ``dragoman.scheduler.voice`` reads, for ``endpointing = "voice"``).
 _VOICED_SILK_HEADER, _SILENT_SILK_HEADER = 0xB0, 0x00
 
 

@@ -21,12 +21,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from dragoman.config import Settings
-from dragoman.connection import Connection
-from dragoman.server import uvicorn_options
-from dragoman.store import Store
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.store.records import ProbeReply
-from dragoman.store.store import _PACKED, BATCH
+from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.server import uvicorn_options
+from dragoman.scheduler.store import Store
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.records import ProbeReply
+from dragoman.scheduler.store.store import _PACKED, BATCH
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from conftest import Running, start_dragoman
 from peers import LinguaNode, LinguaWebClient, voiced_chunk

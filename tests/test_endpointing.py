@@ -1,6 +1,6 @@
 """``endpointing = "voice"``: cuts at pauses found in the Opus bitstream, no job without voice, non-voice trimmed
-(dragoman.segmenter with dragoman.voice). Streams are encoded here by libopus from generated signals, in web-client
-chunks of 13 packets; times in ms. The lingua rules are in test_segmenter.py."""
+(dragoman.scheduler.segmenter with dragoman.scheduler.voice). Streams are encoded here by libopus from generated
+signals, in web-client chunks of 13 packets; times in ms. The lingua rules are in test_segmenter.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from dragoman import metrics
 from dragoman.audio import PACKET_MS
 from dragoman.client.output import JsonReporter
 from dragoman.client.session import SessionConfig
@@ -21,7 +20,8 @@ from dragoman.client.translate import TranslateOptions, translate
 from dragoman.config import ConfigError, Settings, load_settings
 from dragoman.opus import CHUNK_PACKETS, encode_plan_a, parse_plan_a, plan_a
 from dragoman.pcm import write_wav
-from dragoman.segmenter import CHUNK_LATE_MS, CONSONANT_MS, Cut, CutReason, Segmenter, required_silence_ms
+from dragoman.scheduler import metrics
+from dragoman.scheduler.segmenter import CHUNK_LATE_MS, CONSONANT_MS, Cut, CutReason, Segmenter, required_silence_ms
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, silence_chunk, voiced_chunk

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from dragoman.store import JobRecord
+from dragoman.scheduler.store import JobRecord
 
 from conftest import StartDragoman
 from peers import LinguaNode, pcm16

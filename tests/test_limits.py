@@ -138,7 +138,7 @@ async def test_slow_reader_is_dropped_by_unsent_bytes(
                                     "sample_rate": 16000}))  # fmt: skip
         job = await node.next_job()
         slow.transport.pause_reading()  # the client stops reading; the node streams 200 KB partials at it
-        with caplog.at_level(logging.WARNING, logger="dragoman.connection"):
+        with caplog.at_level(logging.WARNING, logger="dragoman.scheduler.connection"):
             for i in range(200):  # 40 MB: past the kernel's buffers and the limit (pings would come much later)
                 await node.partial(job, text=f"{i} " + "x" * 200_000)
                 if session_id not in d.scheduler.sessions:

@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.exceptions import TimeoutError as StoreTimeout
 
-from dragoman.store.records import ResultReply
+from dragoman.scheduler.store.records import ResultReply
 
 from conftest import StartDragoman
 from peers import LinguaNode, LinguaWebClient, pcm16

@@ -193,7 +193,9 @@ async def test_serve_logs_json_lines_with_ids(tmp_path: Path, access_log: bool) 
         _, stderr = await asyncio.to_thread(process.communicate, timeout=20)
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # every line is JSON
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
-    registered = [line for line in lines if "registered" in line["message"] and line["logger"] == "dragoman.nodes"]
+    registered = [
+        line for line in lines if "registered" in line["message"] and line["logger"] == "dragoman.scheduler.nodes"
+    ]
     assert registered and registered[0]["node_id"] == node_id
     assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's lines, same format
     per_connection = [line for line in lines if '"GET /health' in line["message"] or "[accepted]" in line["message"]]

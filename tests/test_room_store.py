@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from dragoman.config import Settings
-from dragoman.store import JobSpec, RoomMember, Store, assigned_node
+from dragoman.scheduler.store import JobSpec, RoomMember, Store, assigned_node
 
 
 @pytest.fixture

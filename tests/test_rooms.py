@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 from test_resume import serve, wait_healthy
 
 from conftest import CELLS, Running, StartDragoman, free_port, start_dragoman

@@ -21,20 +21,20 @@ import pytest
 import trustme
 from websockets.exceptions import ConnectionClosed
 
-from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.agent.agent import AgentConfig, NodeAgent
 from dragoman.agent.engines import EchoEngine, EngineConfig
-from dragoman.app import create_app
-from dragoman.auth import Auth, exposure_problem
 from dragoman.cli import main as cli_main
 from dragoman.client.endpoints import tls_context
 from dragoman.client.session import SessionClient, SessionConfig
 from dragoman.client.status import fetch_status
 from dragoman.config import ConfigError, Settings, load_settings
-from dragoman.scheduler import Scheduler
-from dragoman.server import uvicorn_options
-from dragoman.store import Store
+from dragoman.scheduler import metrics
+from dragoman.scheduler.app import create_app
+from dragoman.scheduler.auth import Auth, exposure_problem
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.server import uvicorn_options
+from dragoman.scheduler.store import Store
 from test_serve import serve
 
 from conftest import Running, StartDragoman, free_port, serve_app

@@ -1,4 +1,4 @@
-"""Unit tests of dragoman.segmenter.Segmenter under ``endpointing = "lingua"``: lingua's finalize rules
+"""Unit tests of dragoman.scheduler.segmenter.Segmenter under ``endpointing = "lingua"``: lingua's finalize rules
 (PROTOCOL.md §4.5, §10), times in ms; and, at the end, the rule that decides how long a pause ends an utterance
 under ``"voice"``. The other voice rules, on encoded signals, are in test_endpointing.py."""
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from dragoman import metrics
 from dragoman.audio import PACKET_MS, pcm16_duration_ms, plan_a_stats
 from dragoman.config import ConfigError, Settings, load_settings
-from dragoman.segmenter import PADDING_MS, Cut, CutReason, Segmenter, required_silence_ms, speech_packets
+from dragoman.scheduler import metrics
+from dragoman.scheduler.segmenter import PADDING_MS, Cut, CutReason, Segmenter, required_silence_ms, speech_packets
 
 from peers import plan_a, silence_chunk, voiced_chunk
 

@@ -14,8 +14,8 @@ import pytest
 
 from dragoman.config import Settings
 from dragoman.langs import node_pairs
-from dragoman.store import Assign, Cancel, JobSpec, Outcome, Store, StoreConfigError
-from dragoman.store.records import TakeReply
+from dragoman.scheduler.store import Assign, Cancel, JobSpec, Outcome, Store, StoreConfigError
+from dragoman.scheduler.store.records import TakeReply
 
 
 @pytest.fixture(params=[1, 4], ids=["1cell", "4cells"])

@@ -13,8 +13,8 @@ from redis._parsers.base import BaseParser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.store_errors import store_unavailable
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.store_errors import store_unavailable
 
 from conftest import free_port
 

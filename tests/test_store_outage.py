@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from conftest import start_dragoman
 from peers import LinguaNode, LinguaWebClient, pcm16, voiced_chunk

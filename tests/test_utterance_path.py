@@ -108,7 +108,7 @@ async def test_streaming_counter_moves_past_utterance_indexes(dragoman: StartDra
 
 
 async def test_held_utterances_are_bounded(dragoman: StartDragoman) -> None:
-    from dragoman.session import MAX_HELD_UTTERANCES
+    from dragoman.scheduler.session import MAX_HELD_UTTERANCES
 
     d = await dragoman()
     async with LinguaNode(d.node_url, max_concurrent_jobs=1000) as node, LinguaWebClient(d.session_url) as client:

@@ -1,4 +1,4 @@
-"""Unit tests of dragoman.voice: voice activity read from Opus packets that libopus (PyAV) encodes here from
+"""Unit tests of dragoman.scheduler.voice: voice activity read from Opus packets that libopus (PyAV) encodes here from
 generated signals, and from packets built by hand for the framing cases."""
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ import av
 import pytest
 
 from dragoman.opus import encode_plan_a
-from dragoman.voice import Activity, _RangeDecoder, _silk_frame_activity, _single_frame_activity, packet_activity
+from dragoman.scheduler.voice import (
+    Activity,
+    _RangeDecoder,
+    _silk_frame_activity,
+    _single_frame_activity,
+    packet_activity,
+)
 
 from signals import mix, noise, silence, speechlike
 

@@ -48,7 +48,8 @@ from dragoman.client.endpoints import with_query
 from dragoman.config import Settings
 
 # One web-client chunk: 13 voiced 20 ms Plan A packets (260 ms); two make an utterance past min_utterance_ms.
-# Each is a SILK wideband packet whose first byte sets the voice-activity flag of a voiced frame (dragoman.voice).
+# Each is a SILK wideband packet whose first byte sets the voice-activity flag of a voiced frame
+# (dragoman.scheduler.voice).
 CHUNK_B64 = base64.b64encode(b"".join(b"\x3d\x00\x48\xb0" + bytes(range(1, 60)) for _ in range(13))).decode()
 START_TIMEOUT_S = 120  # a load-generating worker sets up its sessions (hundreds of them with --live) within this
 

@@ -71,7 +71,7 @@ from dragoman.bench import (
 )
 from dragoman.client.endpoints import with_query
 from dragoman.config import Settings
-from dragoman.segmenter import required_silence_ms
+from dragoman.scheduler.segmenter import required_silence_ms
 
 CHUNK_PACKETS = 13  # the web client's chunk: 13 packets of 20 ms
 CHUNK_MS = CHUNK_PACKETS * PACKET_MS

@@ -12,7 +12,7 @@ from dragoman.agent.cli import add_parser as add_node_parser
 from dragoman.client.cli import add_parsers as add_client_parsers
 from dragoman.config import ConfigError, Settings, configure_logging, load_settings
 from dragoman.logs import LOG_FORMATS
-from dragoman.store.embedded import EmbeddedStoreError
+from dragoman.scheduler.store.embedded import EmbeddedStoreError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dragoman: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
-    from dragoman.server import StartupError, preflight
-    from dragoman.workers import run_workers
+    from dragoman.scheduler.server import StartupError, preflight
+    from dragoman.scheduler.workers import run_workers
 
     try:
         if settings.workers > 1:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings, reuse_port: bool) -> int:
     """One instance, until it is stopped; its exit code."""
-    from dragoman.server import StartupError, serve
+    from dragoman.scheduler.server import StartupError, serve
 
     try:
         with asyncio.Runner(loop_factory=_fast_loop()) as runner:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from dragoman.audio import plan_a_packets
-from dragoman.client.errors import AudioError, CodecUnavailableError
+from dragoman.errors import AudioError, CodecUnavailableError
 from dragoman.pcm import SAMPLE_RATE, Converter
 
 if TYPE_CHECKING:

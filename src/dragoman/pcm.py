@@ -29,7 +29,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from dragoman.client.errors import AudioError
+from dragoman.errors import AudioError
 
 __all__ = [
     "RAW_SUFFIXES",

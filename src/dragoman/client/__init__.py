@@ -12,16 +12,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dragoman.client.errors import (
-        ApiError,
-        AudioError,
-        ClientError,
-        CloseTimeoutError,
-        CodecUnavailableError,
-        ConnectError,
-        ConnectionLostError,
-        SessionClosedError,
-    )
     from dragoman.client.http import (
         ApiClient,
         Job,
@@ -38,6 +28,16 @@ if TYPE_CHECKING:
     from dragoman.client.tracker import (
         OutcomeTracker,
         TrackedOutcome,
+    )
+    from dragoman.errors import (
+        ApiError,
+        AudioError,
+        ClientError,
+        CloseTimeoutError,
+        CodecUnavailableError,
+        ConnectError,
+        ConnectionLostError,
+        SessionClosedError,
     )
     from dragoman.opus import (
         OpusDecoder,
@@ -60,14 +60,14 @@ _EXPORTS = {
     "Audio": "dragoman.pcm",
     "load_audio": "dragoman.pcm",
     "write_wav": "dragoman.pcm",
-    "ApiError": "dragoman.client.errors",
-    "AudioError": "dragoman.client.errors",
-    "ClientError": "dragoman.client.errors",
-    "CloseTimeoutError": "dragoman.client.errors",
-    "CodecUnavailableError": "dragoman.client.errors",
-    "ConnectError": "dragoman.client.errors",
-    "ConnectionLostError": "dragoman.client.errors",
-    "SessionClosedError": "dragoman.client.errors",
+    "ApiError": "dragoman.errors",
+    "AudioError": "dragoman.errors",
+    "ClientError": "dragoman.errors",
+    "CloseTimeoutError": "dragoman.errors",
+    "CodecUnavailableError": "dragoman.errors",
+    "ConnectError": "dragoman.errors",
+    "ConnectionLostError": "dragoman.errors",
+    "SessionClosedError": "dragoman.errors",
     "ApiClient": "dragoman.client.http",
     "Job": "dragoman.client.http",
     "JobCreated": "dragoman.client.http",

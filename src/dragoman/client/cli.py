@@ -259,7 +259,7 @@ async def _status(url: str, as_json: bool, key: str | None, ca_file: str | None)
 def _run(name: str, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a command; every expected failure becomes one line on stderr and an exit code, never a traceback
     (set DRAGOMAN_DEBUG=1 to get the traceback of an unexpected one)."""
-    from dragoman.client.errors import AudioError, ClientError
+    from dragoman.errors import AudioError, ClientError
 
     # The commands report problems themselves; library warnings (e.g. each reconnection attempt) stay quiet
     # unless the program configured logging.

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from dragoman.client.errors import ApiError
 from dragoman.client.http import ApiClient
+from dragoman.errors import ApiError
 
 CLUSTER_PATH = "/api/v1/cluster"
 

@@ -18,7 +18,7 @@ import msgspec
 
 from dragoman import protocol as p
 from dragoman.client.endpoints import http_base, tls_context
-from dragoman.client.errors import ApiError, ConnectError
+from dragoman.errors import ApiError, ConnectError
 
 #: The server answers a long-poll after at most this many seconds (``http_api.MAX_WAIT_S``).
 MAX_WAIT_S: Final = 60.0

@@ -16,8 +16,8 @@ from typing import Any, Protocol, TextIO
 import msgspec
 
 from dragoman import protocol as p
-from dragoman.client.errors import AudioError
 from dragoman.client.tracker import TrackedOutcome
+from dragoman.errors import AudioError
 from dragoman.opus import decode_plan_a, opus_available
 from dragoman.pcm import write_wav
 

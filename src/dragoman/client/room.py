@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dragoman import protocol as p
-from dragoman.client.errors import ClientError
 from dragoman.client.session import SessionClient, SessionConfig
+from dragoman.errors import ClientError
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, OpusEncoder, plan_a_chunks
 from dragoman.pcm import load_audio
 

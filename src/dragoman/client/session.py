@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from dragoman import __version__
 from dragoman import protocol as p
 from dragoman.client.endpoints import session_url, tls_context, with_query
-from dragoman.client.errors import (
+from dragoman.errors import (
     ClientError,
     CloseTimeoutError,
     ConnectError,

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from dragoman.client.cluster import ClusterInfo, NodeInfo, get_cluster
-from dragoman.client.errors import ApiError
 from dragoman.client.http import ApiClient
+from dragoman.errors import ApiError
 
 
 async def fetch_status(

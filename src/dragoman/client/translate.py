@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Literal
 
 from dragoman import protocol as p
-from dragoman.client.errors import ClientError
 from dragoman.client.output import Reporter, SavedAudio, Summary, TtsWriter
 from dragoman.client.session import Reconnected, SessionClient, SessionConfig
 from dragoman.client.tracker import OutcomeTracker
+from dragoman.errors import ClientError
 from dragoman.opus import CHUNK_PACKETS, PACKET_MS, OpusEncoder, plan_a_chunks
 from dragoman.pcm import SAMPLE_RATE, Audio, load_audio
 

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dragoman import metrics
 from dragoman import protocol as p
 from dragoman.langs import job_pairs, normalize
-from dragoman.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
-from dragoman.store_errors import store_unavailable
+from dragoman.scheduler import metrics
+from dragoman.scheduler.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
+from dragoman.scheduler.store_errors import store_unavailable
 
 if TYPE_CHECKING:
-    from dragoman.connection import Connection
-    from dragoman.scheduler import Scheduler
-    from dragoman.session import SessionActor, Slot
+    from dragoman.scheduler.connection import Connection
+    from dragoman.scheduler.instance import Scheduler
+    from dragoman.scheduler.session import SessionActor, Slot
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dragoman.fleet import Fleet, NodeView
-from dragoman.http_api import store_guarded
 from dragoman.langs import normalize
-from dragoman.scheduler import Scheduler
+from dragoman.scheduler.fleet import Fleet, NodeView
+from dragoman.scheduler.http_api import store_guarded
+from dragoman.scheduler.instance import Scheduler
 
 # A node is ready when it runs these (§16.3).
 READY_TYPES = {"asr", "nmt", "tts"}

@@ -17,14 +17,14 @@ from redis.exceptions import RedisClusterException, RedisError
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from dragoman.app import create_app
-from dragoman.auth import Auth, SecretQueryFilter, exposure_problem, has_secret_files
 from dragoman.config import ConfigError, Settings
-from dragoman.connection import FRAMES_EXTENSION
-from dragoman.scheduler import Scheduler
-from dragoman.store import Store, StoreConfigError
-from dragoman.store.embedded import EmbeddedStore
-from dragoman.store.store import CLUSTER_SCHEME
+from dragoman.scheduler.app import create_app
+from dragoman.scheduler.auth import Auth, SecretQueryFilter, exposure_problem, has_secret_files
+from dragoman.scheduler.connection import FRAMES_EXTENSION
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.store import Store, StoreConfigError
+from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.store.store import CLUSTER_SCHEME
 
 log = logging.getLogger("dragoman")
 
@@ -116,7 +116,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def write_frames(self, frames: list[bytes]) -> None:
         """Text frames (UTF-8 bytes, as Dragoman encodes them) in one write: no str round trip, no ASGI
-        message per frame, one system call for what one event-loop turn queued (``dragoman.connection``)."""
+        message per frame, one system call for what one event-loop turn queued (``dragoman.scheduler.connection``)."""
         await self.writable.wait()
         if self.disconnected or self.close_sent:
             raise ClientDisconnected()

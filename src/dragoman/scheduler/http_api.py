@@ -24,9 +24,9 @@ from starlette.routing import Route
 
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
-from dragoman.scheduler import Scheduler
-from dragoman.store import JobRecord, JobSpec
-from dragoman.store_errors import store_unavailable
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.store import JobRecord, JobSpec
+from dragoman.scheduler.store_errors import store_unavailable
 
 MAX_WAIT_S = 60.0
 AUDIO_FORMATS = ("opus", "pcm16")

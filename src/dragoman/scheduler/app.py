@@ -13,16 +13,16 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from dragoman import http_api, metrics, ops, views
 from dragoman import protocol as p
-from dragoman.admission import Admission, client_check, guarded, operator_check
-from dragoman.auth import Auth
-from dragoman.connection import Connection
-from dragoman.fleet import Fleet
-from dragoman.limits import ClientRates, RateLimitedLog
-from dragoman.nodes import NodeLink
-from dragoman.scheduler import Scheduler
-from dragoman.session import SessionActor
+from dragoman.scheduler import http_api, metrics, ops, views
+from dragoman.scheduler.admission import Admission, client_check, guarded, operator_check
+from dragoman.scheduler.auth import Auth
+from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.fleet import Fleet
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.limits import ClientRates, RateLimitedLog
+from dragoman.scheduler.nodes import NodeLink
+from dragoman.scheduler.session import SessionActor
 
 log = logging.getLogger(__name__)
 _limit_log = RateLimitedLog(log)

@@ -25,8 +25,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 
 from dragoman.config import Settings
-from dragoman.store.keys import Keys
-from dragoman.store.records import (
+from dragoman.scheduler.store.keys import Keys
+from dragoman.scheduler.store.records import (
     VERSION,
     Action,
     ActionsReply,
@@ -62,7 +62,7 @@ from dragoman.store.records import (
     TakeReply,
     TickReply,
 )
-from dragoman.store.scripts import Scripts
+from dragoman.scheduler.store.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

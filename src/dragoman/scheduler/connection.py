@@ -5,8 +5,9 @@ blocks the sender; a peer that falls ``max_backlog`` frames or ``max_unsent_byte
 at once (the frames still queued are dropped: a peer that does not read would never get them).
 
 The writer sends every frame queued by the time it runs: under ``dragoman serve`` they go in one write to the
-socket (the server's ``dragoman.frames`` extension, see ``dragoman.server``), so the frames one event-loop turn
-makes for a socket cost one system call, not one each. Under another ASGI server they go one by one.
+socket (the server's ``dragoman.frames`` extension, see ``dragoman.scheduler.server``), so the frames one
+event-loop turn makes for a socket cost one system call, not one each. Under another ASGI server they go one
+by one.
 """
 
 from __future__ import annotations

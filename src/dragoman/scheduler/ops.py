@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dragoman import __version__, metrics
-from dragoman.fleet import Fleet, Snapshot
-from dragoman.http_api import store_guarded
-from dragoman.scheduler import Scheduler
-from dragoman.store_errors import store_unavailable
-from dragoman.traces import timeline
+from dragoman import __version__
+from dragoman.scheduler import metrics
+from dragoman.scheduler.fleet import Fleet, Snapshot
+from dragoman.scheduler.http_api import store_guarded
+from dragoman.scheduler.instance import Scheduler
+from dragoman.scheduler.store_errors import store_unavailable
+from dragoman.scheduler.traces import timeline
 
 log = logging.getLogger(__name__)
 
@@ -253,5 +254,5 @@ def routes(scheduler: Scheduler, fleet: Fleet) -> list[Route]:
 
 
 def static_file(name: str) -> Response:
-    body = (resources.files("dragoman") / "static" / name).read_bytes()
+    body = (resources.files("dragoman.scheduler") / "static" / name).read_bytes()
     return Response(body, media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})

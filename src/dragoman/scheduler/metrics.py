@@ -1,7 +1,7 @@
 """The metrics of ``/metrics``, kept with ``prometheus_client`` in a registry of their own.
 
 Process-local figures (what this instance did) are counters and histograms here; fleet-wide figures (every
-node, pair and instance of the deployment) are read from the store by ``dragoman.fleet`` and exported by
+node, pair and instance of the deployment) are read from the store by ``dragoman.scheduler.fleet`` and exported by
 its collector, so any instance's ``/metrics`` shows the whole deployment. Every label is bounded: script
 names, outcomes, reasons, language pairs and instances, never a session, job or node. Every labelled
 counter is exported at 0 for each of its known label values before its first increment, so a rate or an

@@ -1,6 +1,6 @@
 """The store: shared state in Redis/Valkey, its Lua scripts, and the embedded server."""
 
-from dragoman.store.records import (
+from dragoman.scheduler.store.records import (
     Action,
     Assign,
     Cancel,
@@ -19,7 +19,7 @@ from dragoman.store.records import (
     Routed,
     SessionSnapshot,
 )
-from dragoman.store.store import DRAIN_LIMIT, Store, StoreConfigError, assigned_node, group_id, now_ms
+from dragoman.scheduler.store.store import DRAIN_LIMIT, Store, StoreConfigError, assigned_node, group_id, now_ms
 
 __all__ = [
     "DRAIN_LIMIT",

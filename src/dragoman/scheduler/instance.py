@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, TypeVar, assert_never
 import msgspec
 from redis.exceptions import ResponseError
 
-from dragoman import __version__, metrics
+from dragoman import __version__
 from dragoman import protocol as p
-from dragoman.auth import new_resume_token, resume_digest
 from dragoman.config import Settings
-from dragoman.connection import Connection
-from dragoman.rooms import Rooms
-from dragoman.session import SessionActor
-from dragoman.store import (
+from dragoman.scheduler import metrics
+from dragoman.scheduler.auth import new_resume_token, resume_digest
+from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.rooms import Rooms
+from dragoman.scheduler.session import SessionActor
+from dragoman.scheduler.store import (
     Action,
     Assign,
     Cancel,
@@ -42,11 +43,11 @@ from dragoman.store import (
     Routed,
     Store,
 )
-from dragoman.store_errors import store_unavailable
-from dragoman.traces import TraceRecorder
+from dragoman.scheduler.store_errors import store_unavailable
+from dragoman.scheduler.traces import TraceRecorder
 
 if TYPE_CHECKING:
-    from dragoman.nodes import NodeLink
+    from dragoman.scheduler.nodes import NodeLink
 
 log = logging.getLogger(__name__)
 

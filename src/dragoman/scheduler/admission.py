@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket
 
-from dragoman import metrics
-from dragoman.auth import Auth, Verdict
-from dragoman.limits import PeerConnections, RateLimitedLog
+from dragoman.scheduler import metrics
+from dragoman.scheduler.auth import Auth, Verdict
+from dragoman.scheduler.limits import PeerConnections, RateLimitedLog
 
 audit_log = logging.getLogger("dragoman.audit")
 SocketPath = Literal["node", "session"]

@@ -19,10 +19,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dragoman.langs import node_pairs
-from dragoman.store import NodeRecord
+from dragoman.scheduler.store import NodeRecord
 
 if TYPE_CHECKING:
-    from dragoman.scheduler import Scheduler
+    from dragoman.scheduler.instance import Scheduler
 
 SERVICE_TYPES = {"asr", "nmt", "tts", "tone", "semantic", "phonetic", "punctuation"}
 SNAPSHOT_MAX_AGE_S = 1.0

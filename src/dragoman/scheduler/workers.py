@@ -17,16 +17,16 @@ import signal
 import socket
 from collections.abc import Callable
 
-from dragoman.auth import has_secret_files
 from dragoman.config import Settings
-from dragoman.store.embedded import EmbeddedStore
+from dragoman.scheduler.auth import has_secret_files
+from dragoman.scheduler.store.embedded import EmbeddedStore
 
 log = logging.getLogger("dragoman")
 
 
 def _check_port(host: str, port: int) -> None:
     """Fail at once, in the parent, if the port is taken by a socket that does not share it."""
-    from dragoman.server import StartupError
+    from dragoman.scheduler.server import StartupError
 
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:

@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dragoman import logs, metrics
+from dragoman import logs
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
-from dragoman.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
-from dragoman.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
-from dragoman.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
+from dragoman.scheduler import metrics
+from dragoman.scheduler.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
+from dragoman.scheduler.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
+from dragoman.scheduler.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
 
 if TYPE_CHECKING:
-    from dragoman.scheduler import Connection, Scheduler
+    from dragoman.scheduler.instance import Connection, Scheduler
 
 log = logging.getLogger(__name__)
 

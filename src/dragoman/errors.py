@@ -1,4 +1,4 @@
-"""The exceptions of the client library.
+"""The exceptions of Dragoman's tools: the client library, and the audio modules it shares with the node agent.
 
 Every failure a caller can reasonably handle is a ``ClientError`` with a one-line message, so a program
 (and ``dragoman translate``) can report it without a traceback and pick an exit code from its class.
@@ -10,7 +10,8 @@ from typing import Any
 
 
 class ClientError(Exception):
-    """Base of every error raised by ``dragoman.client``; ``str(exc)`` is a one-line, human-readable reason."""
+    """Base of every error raised by ``dragoman.client`` and the shared audio modules; ``str(exc)`` is a
+    one-line, human-readable reason."""
 
 
 class AudioError(ClientError):

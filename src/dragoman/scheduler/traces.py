@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
-from dragoman.store import Store, now_ms
+from dragoman.scheduler.store import Store, now_ms
 
 log = logging.getLogger(__name__)
 

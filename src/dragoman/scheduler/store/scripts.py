@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from dragoman import metrics
+from dragoman.scheduler import metrics
 
 CELL_SCRIPTS = (
     "create_job",
@@ -51,7 +51,7 @@ OTHER_SCRIPTS = (
 
 
 def _source(name: str) -> str:
-    lua = resources.files("dragoman.store") / "lua"
+    lua = resources.files("dragoman.scheduler.store") / "lua"
     own = (lua / f"{name}.lua").read_text()
     return (lua / "_cell.lua").read_text() + "\n" + own if name in CELL_SCRIPTS else own
 

@@ -6,7 +6,7 @@ a monotonic clock) and gets back the cuts to turn into jobs.
 
 ``endpointing = "lingua"`` applies lingua's rules exactly: chunks are kept byte for byte, a packet is voiced
 when it is longer than ``silence_packet_max_bytes``. ``"voice"`` (the default) judges packets by the voice
-activity in the bitstream (``dragoman.voice``) and adds to lingua's rules:
+activity in the bitstream (``dragoman.scheduler.voice``) and adds to lingua's rules:
 - an **Endpoint** cut once enough non-voice follows voice (the flags of a pause cut): ``endpoint_silence_ms``
   after a short utterance, less as it grows, ``endpoint_min_silence_ms`` after a long one
   (``required_silence_ms``); found packet by packet, so inside a chunk too;
@@ -21,11 +21,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from dragoman import metrics
 from dragoman.audio import PACKET_MS, plan_a_packets, plan_a_stats
 from dragoman.config import Settings
 from dragoman.protocol import new_uuid
-from dragoman.voice import Activity, packet_activity
+from dragoman.scheduler import metrics
+from dragoman.scheduler.voice import Activity, packet_activity
 
 
 class CutReason(enum.Enum):

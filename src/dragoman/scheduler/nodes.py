@@ -12,15 +12,16 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dragoman import logs, metrics
+from dragoman import logs
 from dragoman import protocol as p
-from dragoman.connection import Connection
 from dragoman.langs import node_pairs
-from dragoman.store import DRAIN_LIMIT, Outcome, Partial
-from dragoman.store_errors import store_unavailable
+from dragoman.scheduler import metrics
+from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.store import DRAIN_LIMIT, Outcome, Partial
+from dragoman.scheduler.store_errors import store_unavailable
 
 if TYPE_CHECKING:
-    from dragoman.scheduler import Scheduler
+    from dragoman.scheduler.instance import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class NodeLink:
 
     async def _start_result(self, msg: p.JobResult, raw: str | bytes) -> None:
         """Handle a result without holding up the socket's next frames: a burst of results from one node
-        reaches the store in one round trip (``dragoman.store.scripts``), not one after the other. Each
+        reaches the store in one round trip (``dragoman.scheduler.store.scripts``), not one after the other. Each
         result's store call is made in the order the results arrived; at most ``MAX_RESULTS_IN_FLIGHT``
         are handled at once, then the socket is read no further until one is done."""
         if len(self._results) >= MAX_RESULTS_IN_FLIGHT:
