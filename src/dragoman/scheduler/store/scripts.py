@@ -112,11 +112,14 @@ class Scripts:
             if not isinstance(exc, Exception):
                 raise
             return
+        reloaded = False
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
-                # The server restarted without its script cache (or was flushed): load and retry once.
+                # The server restarted without its script cache (or was flushed): load (once) and retry once.
                 try:
-                    await self.load()
+                    if not reloaded:
+                        await self.load()
+                        reloaded = True
                     reply = await self._evalsha(call)
                 except Exception as exc:
                     reply = exc
