@@ -51,17 +51,11 @@ from playwright.async_api import Page, WebSocket, async_playwright
 
 from dragoman.scheduler.store.embedded import EmbeddedStore
 
-CHROMIUM = "/usr/bin/chromium"
-# Chromium as root, with no network but loopback: no sandbox, no background connections (they are refused here),
-# a fake microphone from a WAV file, media permission granted, audio allowed to start without a gesture.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from browser import CHROMIUM, CHROMIUM_FLAGS
+
+# A fake microphone from a WAV file, media permission granted, audio allowed to start without a gesture.
+MEDIA_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
@@ -253,7 +247,8 @@ async def pages(args: argparse.Namespace, sites: tuple[str, str], work: Path, ch
     async with async_playwright() as pw:
         browsers = [
             await pw.chromium.launch(
-                executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}"]
+                executable_path=CHROMIUM,
+                args=[*CHROMIUM_FLAGS, *MEDIA_FLAGS, f"--use-file-for-fake-audio-capture={wav}"],
             )
             for wav in (work / "a.wav", work / "b.wav")
         ]

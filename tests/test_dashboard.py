@@ -14,23 +14,11 @@ from typing import Any
 
 import pytest
 
+from browser import CHROMIUM, CHROMIUM_FLAGS
 from dragoman.scheduler.store.embedded import EmbeddedStore
 
 from conftest import Running, start_dragoman
 from peers import LinguaNode, LinguaWebClient, voiced_chunk
-
-CHROMIUM = "/usr/bin/chromium"
-# Without the background-networking flags Chromium keeps trying hosts this machine cannot reach.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 if not os.path.exists(CHROMIUM) and os.environ.get("CI") != "true":
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)", allow_module_level=True)

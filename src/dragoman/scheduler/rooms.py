@@ -334,10 +334,7 @@ class Membership:
         )
 
     async def _create(self, msg: p.RoomCreate) -> None:
-        if self.view is not None:
-            self._error("ALREADY_IN_ROOM", ALREADY_TEXT)
-            return
-        if self._refused_member(msg.display_name, msg.preferred_lang):
+        if not self._may_enter(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
         room_id = p.new_uuid()
@@ -355,6 +352,13 @@ class Membership:
         metrics.ROOM_EVENTS.inc("created")
         self._send(p.encode(p.RoomCreateAck(room_code=code, room_id=room_id)))
         await self._entered(RoomView.of(state), member)
+
+    def _may_enter(self, display_name: str | None, preferred_lang: str | None) -> bool:
+        """Not in a room already, and a member record that can be kept (else the error is sent)."""
+        if self.view is not None:
+            self._error("ALREADY_IN_ROOM", ALREADY_TEXT)
+            return False
+        return not self._refused_member(display_name, preferred_lang)
 
     async def _entered(self, view: RoomView, member: RoomMember) -> None:
         """This session is in ``view`` now: it and every other member get ``room_members``."""
@@ -375,10 +379,7 @@ class Membership:
             metrics.ROOM_EVENTS.inc("join_limited")
             self._error("INTERNAL_ERROR", f"too many failed room joins from this connection; retry in {wait} ms")
             return
-        if self.view is not None:
-            self._error("ALREADY_IN_ROOM", ALREADY_TEXT)
-            return
-        if self._refused_member(msg.display_name, msg.preferred_lang):
+        if not self._may_enter(msg.display_name, msg.preferred_lang):
             return
         store = self._scheduler.store
         # The key's budget is taken before the lookup and given back unless the code was wrong (or the store
