@@ -20,7 +20,7 @@ import msgspec
 from dragoman import logs
 from dragoman import protocol as p
 from dragoman.langs import job_pairs
-from dragoman.scheduler import metrics
+from dragoman.scheduler import frames, metrics
 from dragoman.scheduler.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
 from dragoman.scheduler.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
 from dragoman.scheduler.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from dragoman.scheduler.instance import Connection, Scheduler
 
 log = logging.getLogger(__name__)
-
-_decode_result = msgspec.json.Decoder(p.JobResult).decode
 
 
 def _mono_ms() -> float:
@@ -57,7 +55,7 @@ class Slot:
         """The node's ``job_result`` behind the outcome, decoded once however often it is read."""
         if self._result is None:
             detail = self.outcome.detail if self.outcome is not None else None
-            self._result = _decode_result(detail or "")
+            self._result = frames.decode_result(detail or "")
         return self._result
 
 
@@ -592,7 +590,7 @@ class SessionActor:
             if result.text_translated:
                 self._send_ui(slot, "NMT_DONE", elapsed_ms=elapsed)
         elif outcome.state == "failed":
-            code = self._failure(outcome)[0]
+            code = frames.failure(outcome)[0]
             self._send_ui(slot, "ERROR", error_code=code if code in p.ERROR_CODES else None)
         elif outcome.state == "timed_out":
             self._send_ui(slot, "ERROR", error_code="JOB_TIMEOUT")
@@ -641,115 +639,33 @@ class SessionActor:
         outcome = slot.outcome
         assert outcome is not None
         metrics.job_resolved(outcome.job_id, outcome.state, outcome.created_ms, outcome.dispatched_ms)
+        now = now_ms()
         if outcome.state == "completed":
-            return [self._translation_result(slot, outcome)]
+            result = slot.result()
+            group = self._group_part(now) if result.text_asr else (None, None)
+            return [frames.translation_result(self.id, slot.index, outcome, result, slot.client_ts, group, now)]
         if outcome.state == "empty":
             return [self._missing(slot, "silence_detected")]
         if outcome.state == "failed":
-            code, message, details = self._failure(outcome)
-            if code == "NO_AVAILABLE_NODE" and not slot.streaming:
-                code, message = (
-                    "INTERNAL_ERROR",
-                    f"Failed to process message: no node available for pair {p.excerpt(slot.pair)}",
-                )
-            return [p.encode(p.Error(code=code, message=message, details=details))]
+            return [frames.failure_error(outcome, slot.pair, slot.streaming)]
         return [self._missing(slot, "gap_timeout")]
 
-    @staticmethod
-    def _failure(outcome: Outcome) -> tuple[str, str, Any]:
-        """(code, message, details) of a failed outcome: the node's error verbatim, or Dragoman's."""
-        detail = outcome.detail or ""
-        if detail.startswith("{"):
-            error = _decode_result(detail).error
-            if error is not None:
-                return error.code, error.message, error.details
-            return "PROCESSING_ERROR", "the node reported a failure without an error", None
-        code = detail
-        if code == "NO_AVAILABLE_NODE":
-            return code, "No available node for this language pair, please retry later", None
-        return code, code, None
-
-    def _translation_result(self, slot: Slot, outcome: Outcome) -> bytes:
-        r = slot.result()
-        now = now_ms()
-        group_id = part_index = None
-        if r.text_asr:
-            g = self._group
-            if (
-                g is None
-                or g.closed
-                or (g.play_end_ms is not None and now - g.play_end_ms > self.settings.group_window_ms)
-            ):
-                g = self._group = _Group(f"group_{self.id}_{now}")
-            group_id, part_index = g.group_id, g.parts
-            g.parts += 1
-        return p.encode(
-            p.TranslationResult(
-                session_id=self.id,
-                utterance_index=slot.index,
-                job_id=outcome.job_id,
-                text_asr=r.text_asr or "",
-                text_translated=r.text_translated or "",
-                tts_audio=r.tts_audio or "",
-                tts_format=r.tts_format or "pcm16",
-                trace_id=outcome.trace,
-                scheduler_sent_at_ms=now,
-                extra=r.forwarded_extra(),
-                group_id=group_id,
-                part_index=part_index,
-                service_timings=r.service_timings(),
-                network_timings=self._network_timings(slot, outcome, r),
-                asr_quality_level=r.asr_quality_level,
-                reason_codes=r.reason_codes,
-                quality_score=r.quality_score,
-                rerun_count=r.rerun_count,
-                segments_meta=r.segments_meta,
-            )
-        )
-
-    @staticmethod
-    def _network_timings(slot: Slot, outcome: Outcome, r: p.JobResult) -> p.NetworkTimings | None:
-        if outcome.dispatched_ms is None:
-            return None
-
-        def diff(later: int | None, earlier: int | None) -> int | None:
-            return later - earlier if later is not None and earlier is not None and later >= earlier else None
-
-        resolved_at = now_ms()
-        return p.NetworkTimings(
-            web_to_scheduler_ms=diff(outcome.created_ms, slot.client_ts),
-            scheduler_to_node_ms=diff(outcome.dispatched_ms, outcome.created_ms),
-            node_to_scheduler_ms=diff(resolved_at, r.node_completed_at_ms),
-        )
+    def _group_part(self, now: int) -> tuple[str, int]:
+        """The TTS group and part of the next result with text (§12.5): a new group once the last closed, or
+        its playback ended more than ``group_window_ms`` ago."""
+        g = self._group
+        if g is None or g.closed or (g.play_end_ms is not None and now - g.play_end_ms > self.settings.group_window_ms):
+            g = self._group = _Group(f"group_{self.id}_{now}")
+        g.parts += 1
+        return g.group_id, g.parts - 1
 
     def _missing(self, slot: Slot, reason: Any) -> bytes:
-        return p.encode(
-            p.MissingResult(
-                session_id=self.id,
-                utterance_index=slot.index,
-                reason=reason,
-                created_at_ms=now_ms(),
-                trace_id=slot.trace,
-            )
-        )
+        return frames.missing_result(self.id, slot.index, slot.trace, reason, now_ms())
 
     def _send_ui(self, slot: Slot, event: str, **extra: Any) -> None:
         """A ``ui_event``, to a session that takes them (``ui_events``): the web client ignores them."""
         if self.ui_events:
-            self._send_nowait(self._ui(slot, event, **extra))
-
-    def _ui(self, slot: Slot, event: str, **extra: Any) -> bytes:
-        return p.encode(
-            p.UiEvent(
-                trace_id=slot.trace,
-                session_id=self.id,
-                job_id=slot.job_id,
-                utterance_index=slot.index,
-                event=event,
-                status="error" if event == "ERROR" else "ok",
-                **extra,
-            )
-        )
+            self._send_nowait(frames.ui_event(self.id, slot.index, slot.job_id, slot.trace, event, **extra))
 
     # -- the socket -----------------------------------------------------------------------------------
 
