@@ -39,3 +39,12 @@ def job_pairs(src_lang: str, tgt_lang: str, lang_a: str | None, lang_b: str | No
             return f"{a}:{b}", f"{b}:{a}"
         return "", ""
     return f"{normalize(src_lang)}:{normalize(tgt_lang)}", ""
+
+
+def room_job_pairs(src_lang: str, tgt_lang: str, lang_a: str | None, lang_b: str | None) -> tuple[str, str]:
+    """The pools of a room job: a two-way speaker may speak either of its two languages, so the node must
+    recognise both and produce the listener's language; a one-way speaker's job is placed as any other."""
+    if normalize(src_lang) == "auto" and lang_a and lang_b:
+        tgt = normalize(tgt_lang)
+        return f"{normalize(lang_a)}:{tgt}", f"{normalize(lang_b)}:{tgt}"
+    return job_pairs(src_lang, tgt_lang, lang_a, lang_b)

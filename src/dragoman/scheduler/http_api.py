@@ -23,9 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dragoman import protocol as p
-from dragoman.langs import job_pairs
+from dragoman.scheduler import jobs
 from dragoman.scheduler.instance import Scheduler
-from dragoman.scheduler.store import JobRecord, JobSpec
+from dragoman.scheduler.store import JobRecord
 from dragoman.scheduler.store_errors import store_unavailable
 
 MAX_WAIT_S = 60.0
@@ -226,20 +226,8 @@ def routes(scheduler: Scheduler) -> list[Route]:
             is_manual_cut=True,
             turn_id=turn,
         )
-        pair, pair2 = job_pairs(job.src_lang, job.tgt_lang, job.lang_a, job.lang_b)
-        spec = JobSpec(
-            session=session,
-            index=0,
-            tgt="api",  # the key alone names the slot
-            job_id=assign.job_id,
-            pair=pair,
-            pair2=pair2,
-            turn=turn,
-            trace=assign.trace_id,
-            owner="",
-            body=p.assign_body(assign),
-            result_ttl_ms=settings.api_result_ttl_ms,
-        )
+        # The key alone names the slot: tgt "api".
+        spec = jobs.job_spec(assign, tgt="api", owner="", result_ttl_ms=settings.api_result_ttl_ms)
         created = await scheduler.create_job(spec)
         headers = {"Location": f"/api/v1/jobs/{created.job_id}"}
         if created.status == "existing":

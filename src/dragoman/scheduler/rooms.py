@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from dragoman import protocol as p
-from dragoman.langs import job_pairs, normalize
 from dragoman.scheduler import metrics
 from dragoman.scheduler.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
 from dragoman.scheduler.store_errors import store_unavailable
@@ -69,15 +68,6 @@ def gap_deadline(slots: dict[int, Slot], head_since: float, gap_timeout_ms: int)
     if not waiting:
         return None
     return max(head_since, min(waiting)) + gap_timeout_ms
-
-
-def room_job_pairs(src_lang: str, tgt_lang: str, lang_a: str | None, lang_b: str | None) -> tuple[str, str]:
-    """The pools of a room job: a two-way speaker may speak either of its two languages, so the node must
-    recognise both and produce the listener's language; a one-way speaker's job is placed as any other."""
-    if normalize(src_lang) == "auto" and lang_a and lang_b:
-        tgt = normalize(tgt_lang)
-        return f"{normalize(lang_a)}:{tgt}", f"{normalize(lang_b)}:{tgt}"
-    return job_pairs(src_lang, tgt_lang, lang_a, lang_b)
 
 
 class RoomView(msgspec.Struct, frozen=True):

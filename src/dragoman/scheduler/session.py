@@ -19,11 +19,10 @@ import msgspec
 
 from dragoman import logs
 from dragoman import protocol as p
-from dragoman.langs import job_pairs
-from dragoman.scheduler import frames, metrics
-from dragoman.scheduler.rooms import Membership, RoomEvent, gap_deadline, room_job_pairs
+from dragoman.scheduler import frames, jobs, metrics
+from dragoman.scheduler.rooms import Membership, RoomEvent, gap_deadline
 from dragoman.scheduler.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
-from dragoman.scheduler.store import JobSpec, Outcome, SessionSnapshot, assigned_node, now_ms
+from dragoman.scheduler.store import Outcome, SessionSnapshot, assigned_node, now_ms
 
 if TYPE_CHECKING:
     from dragoman.scheduler.instance import Connection, Scheduler
@@ -488,46 +487,23 @@ class SessionActor:
     ) -> str | None:
         """Create-or-get the job of one slot and target language; returns the node it went to, if any. A
         failure resolves the slot as failed (B1): the session goes on."""
-        s = self.init
         if not slot.job_id:
             slot.job_id = p.new_job_id()
-        assign = p.JobAssign(
-            attempt_id=0,
-            job_id=slot.job_id,
-            session_id=self.id,
-            utterance_index=slot.index,
-            src_lang=src_lang,
-            tgt_lang=tgt_lang,
-            trace_id=slot.trace,
-            turn_id=turn,
-            mode=s.mode,
-            lang_a=s.lang_a,
-            lang_b=s.lang_b,
-            auto_langs=s.auto_langs,
-            enable_streaming_asr=True,
-            partial_update_interval_ms=1000,
-            **fields,
+        assign = jobs.session_assign(
+            self.init, self.id, slot.index, slot.job_id, slot.trace, src_lang, tgt_lang, turn, fields
         )
-        pair, pair2 = (room_job_pairs if room else job_pairs)(src_lang, tgt_lang, s.lang_a, s.lang_b)
-        slot.pair = pair
-        if not room:
-            self._by_job[slot.job_id] = slot.index
-        spec = JobSpec(
-            session=self.id,
-            index=slot.index,
+        spec = jobs.job_spec(
+            assign,
             tgt=tgt_lang,
-            job_id=slot.job_id,
-            pair=pair,
-            pair2=pair2,
-            turn=turn,
-            trace=slot.trace,
             owner=self.scheduler.instance_id,
-            body=p.assign_body(assign),
             result_ttl_ms=self.settings.session_result_ttl_ms,
             prefer=prefer,
             guard=guard,
             room=room,
         )
+        slot.pair = spec.pair
+        if not room:
+            self._by_job[slot.job_id] = slot.index
         try:
             created = await self.scheduler.create_job(spec)
         except Exception as exc:  # B1: the slot fails, the session goes on
