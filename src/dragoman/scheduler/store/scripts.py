@@ -40,12 +40,11 @@ OTHER_SCRIPTS = (
     "claim_session",
     "room_create",
     "room_join",
-    "room_leave",
+    "room_remove",
     "room_raw_voice",
     "room_touch",
     "room_expire",
     "room_code_release",
-    "room_drop_instance",
     "room_join_budget",
 )
 

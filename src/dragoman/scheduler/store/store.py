@@ -692,7 +692,7 @@ class Store:
         )
 
     async def leave_room(self, room: str, session: str) -> RoomState:
-        state = await self._room("room_leave", room, [session])
+        state = await self._room("room_remove", room, ["session", session])
         if state.status == "deleted":
             await self._forget_room(room, state.code)
         return state
@@ -739,7 +739,7 @@ class Store:
         left: list[RoomState] = []
         for raw in ids:
             room = _s(raw)
-            state = await self._room("room_drop_instance", room, [instance])
+            state = await self._room("room_remove", room, ["instance", instance])
             if state.status in ("deleted", "not_found"):
                 await self._forget_room(room, state.code)
             elif state.status == "left":
