@@ -36,7 +36,7 @@ class Settings:
     key_prefix: str = "dragoman"
     workers: int = 1  # serve: instances on this machine sharing the port (SO_REUSEPORT) and the store
     cells: int = 1  # scheduling cells, each its own hash tag (a Redis Cluster spreads them over its masters)
-    store_max_connections: int = 64  # pooled store connections; a burst of calls waits for one
+    store_max_connections: int = 64  # pooled store connections (a standalone store's scripts share one of their own)
     store_pool_timeout_ms: int = 5000  # how long a call waits for a pooled connection
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json" (one object a line), for Dragoman's and uvicorn's lines alike

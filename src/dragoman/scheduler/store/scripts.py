@@ -7,8 +7,9 @@ file; the instance and session scripts stand alone. Each file opens with its KEY
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -17,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from dragoman.scheduler import metrics
+from dragoman.scheduler.store.multiplex import Multiplexed
 
 CELL_SCRIPTS = (
     "create_job",
@@ -58,93 +60,52 @@ def _source(name: str) -> str:
 class Scripts:
     """The scripts of one store client, by name.
 
-    Calls made in one event-loop turn (sessions creating jobs, a node's burst of results) go to the store
-    together, in one pipeline: one write and one read for all of them instead of a round trip each. Each
-    script is still one atomic call, run in the order the calls were made; each caller gets its own reply
-    or its own error, as if it had called alone. (A Redis Cluster client pipelines no scripts: its calls go
-    one by one, to their shards.)"""
+    On a standalone server every call goes over one shared connection (``Multiplexed``): the calls of one
+    event-loop turn (sessions creating jobs, a node's burst of results) reach the store in one write and
+    their replies in a few reads, instead of a round trip and a pooled connection each. Each script is
+    still one atomic call, run in the order the calls were made; each caller gets its own reply or its
+    own error, as if it had called alone. A Redis Cluster client sends each call to its shard."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._sources = {name: _source(name) for name in (*CELL_SCRIPTS, *OTHER_SCRIPTS)}
         self._shas: dict[str, str] = {}
-        self._queued: list[_Call] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._loading: asyncio.Task[None] | None = None
+        if isinstance(client, RedisCluster):
+            self._evalsha: Callable[..., Awaitable[Any]] = client.evalsha
+            self._line: Multiplexed | None = None
+        else:
+            self._line = Multiplexed(client.connection_pool)
+            self._evalsha = functools.partial(self._line.execute, "EVALSHA")
         metrics.SCRIPT_LATENCY.known(self._sources)
+
+    @property
+    def multiplexed(self) -> bool:
+        """The calls share one connection (a standalone server), rather than taking pooled ones."""
+        return self._line is not None
 
     async def load(self) -> None:
         for name, source in self._sources.items():
             self._shas[name] = await self._client.script_load(source)
 
+    async def close(self) -> None:
+        if self._line is not None:
+            await self._line.close()
+
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        call = _Call(self._shas[name], keys, args, loop.create_future())
-        if not self._queued:
-            loop.call_soon(self._send_queued)
-        self._queued.append(call)
         try:
-            return await call.reply
+            try:
+                return await self._evalsha(self._shas[name], len(keys), *keys, *args)
+            except NoScriptError:
+                # The server restarted without its script cache (or was flushed): load (once for all the
+                # calls that found them gone) and retry once.
+                await self._reload()
+                return await self._evalsha(self._shas[name], len(keys), *keys, *args)
         finally:
             metrics.SCRIPT_LATENCY.observe(time.perf_counter() - started, name)
 
-    def _send_queued(self) -> None:
-        calls, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._send(calls), name="store scripts")
-        self._sending.add(task)  # held until done: a task nobody references may be collected
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, calls: list[_Call]) -> None:
-        try:
-            if len(calls) == 1:
-                replies = [await self._evalsha(calls[0])]
-            elif isinstance(self._client, RedisCluster):  # a cluster pipeline refuses EVALSHA: one call each
-                replies = await asyncio.gather(*(self._evalsha(call) for call in calls), return_exceptions=True)
-            else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for call in calls:
-                        pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-                    replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # the connection failed: every call of the batch gets the error
-            for call in calls:
-                _settle(call.reply, exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        reloaded = False
-        for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                # The server restarted without its script cache (or was flushed): load (once) and retry once.
-                try:
-                    if not reloaded:
-                        await self.load()
-                        reloaded = True
-                    reply = await self._evalsha(call)
-                except Exception as exc:
-                    reply = exc
-            _settle(call.reply, reply)
-
-    async def _evalsha(self, call: _Call) -> Any:
-        try:
-            return await self._client.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
-        except NoScriptError as exc:
-            return exc
-
-
-@dataclass(slots=True)
-class _Call:
-    sha: str
-    keys: list[str]
-    args: list[Any]
-    reply: asyncio.Future[Any]
-
-
-def _settle(reply: asyncio.Future[Any], result: Any) -> None:
-    if reply.done():  # the caller gave up (cancelled)
-        return
-    if isinstance(result, asyncio.CancelledError):
-        reply.cancel()
-    elif isinstance(result, BaseException):
-        reply.set_exception(result)
-    else:
-        reply.set_result(result)
+    async def _reload(self) -> None:
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.get_running_loop().create_task(self.load(), name="store scripts load")
+        await asyncio.shield(self._loading)

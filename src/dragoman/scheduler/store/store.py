@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-import hiredis
 import msgspec
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
@@ -26,6 +25,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 
 from dragoman.config import Settings
 from dragoman.scheduler.store.keys import Keys
+from dragoman.scheduler.store.multiplex import pack
 from dragoman.scheduler.store.records import (
     VERSION,
     Action,
@@ -124,10 +124,7 @@ class _HiredisPacking:
     script call carries some twenty arguments (redis-py's asyncio connections do not use hiredis for this)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0]
-        if isinstance(first, str) and " " in first:  # "CONFIG GET": separate words, as redis-py sends them
-            args = (*first.split(), *args[1:])
-        return [hiredis.pack_command(args)]
+        return [pack(args)]
 
 
 class _TcpConnection(_HiredisPacking, Connection):
@@ -228,6 +225,7 @@ class Store:
             )
 
     async def close(self) -> None:
+        await self._scripts.close()
         await self.client.aclose()
         await self.blocking.aclose()
 
@@ -251,11 +249,14 @@ class Store:
             raise redis.ConnectionError("no store connection free within the pool timeout") from None
 
     async def _script(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
-        await self._acquire()  # (not ``_connection()``: the hottest call, and a generator costs)
-        try:
+        if self._scripts.multiplexed:  # one shared connection: nothing to wait for
             raw = await self._scripts.call(name, keys, args)
-        finally:
-            self._calls.release()
+        else:
+            await self._acquire()  # (not ``_connection()``: the hottest call, and a generator costs)
+            try:
+                raw = await self._scripts.call(name, keys, args)
+            finally:
+                self._calls.release()
         return msgspec.msgpack.decode(raw, type=reply)
 
     async def _cell(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
