@@ -89,7 +89,7 @@ class Multiplexed(asyncio.Protocol):
     async def _connect(self) -> None:
         connection = self._pool.connection_class(**self._pool.connection_kwargs)
         try:
-            await connection.connect()
+            await connection.connect()  # type: ignore[no-untyped-call]
         except Exception as exc:  # redis-py's ConnectionError / TimeoutError / AuthenticationError
             self._fail(self._drain_queued(), exc)
             return
