@@ -46,6 +46,7 @@ from dragoman import protocol as p
 from dragoman.agent.engines import EchoEngine, EngineConfig
 from dragoman.client.endpoints import with_query
 from dragoman.config import Settings
+from dragoman.websocket import BatchedWritesConnection
 
 # One web-client chunk: 13 voiced 20 ms Plan A packets (260 ms); two make an utterance past min_utterance_ms.
 # Each is a SILK wideband packet whose first byte sets the voice-activity flag of a voiced frame
@@ -68,7 +69,7 @@ async def _node(
 ) -> None:
     engine = EchoEngine(EngineConfig(langs=("zh", "en")))
     decode = msgspec.json.Decoder(p.JobAssign | p.NodeRegisterAck | p.JobCancel).decode
-    async with connect(url, max_size=None, ping_interval=None) as ws:
+    async with connect(url, max_size=None, ping_interval=None, create_connection=BatchedWritesConnection) as ws:
         register = {
             "type": "node_register",
             "node_id": f"bench-node-{os.getpid()}-{index}",
@@ -185,7 +186,7 @@ class _SessionLog:
 
 
 async def _session(url: str, ordinal: int, plan: Plan, go: float, deadline: float, log: dict[str, _SessionLog]) -> None:
-    async with connect(url, max_size=None, ping_interval=None) as ws:
+    async with connect(url, max_size=None, ping_interval=None, create_connection=BatchedWritesConnection) as ws:
         await ws.send(SESSION_INIT)
         session_id = json.loads(await ws.recv())["session_id"]
         entry = log[session_id] = _SessionLog()

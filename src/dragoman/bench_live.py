@@ -72,6 +72,7 @@ from dragoman.bench import (
 from dragoman.client.endpoints import with_query
 from dragoman.config import Settings
 from dragoman.scheduler.segmenter import required_silence_ms
+from dragoman.websocket import BatchedWritesConnection
 
 CHUNK_PACKETS = 13  # the web client's chunk: 13 packets of 20 ms
 CHUNK_MS = CHUNK_PACKETS * PACKET_MS
@@ -165,7 +166,7 @@ class _Speech:
 
 async def _open(url: str, opening: asyncio.Semaphore) -> tuple[ClientConnection, str]:
     async with opening:
-        ws = await connect(url, max_size=None, ping_interval=None)
+        ws = await connect(url, max_size=None, ping_interval=None, create_connection=BatchedWritesConnection)
         try:
             await ws.send(SESSION_INIT)
             reply = json.loads(await asyncio.wait_for(ws.recv(), 30))

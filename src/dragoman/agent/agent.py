@@ -43,6 +43,7 @@ from dragoman.agent.engines import PROCESSING_ERROR, Engine, EngineError, Engine
 from dragoman.agent.engines import capability_by_type as derive_capabilities
 from dragoman.agent.ledger import Outbox, RecentSet
 from dragoman.client.endpoints import tls_context
+from dragoman.websocket import BatchedWritesConnection
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,7 @@ class NodeAgent:
         log.info("connecting to %s", redact(url))
         async with connect(
             with_token(url, self.config.token),
+            create_connection=BatchedWritesConnection,
             open_timeout=self.config.open_timeout_s,
             max_size=self.config.max_frame_bytes,
             ssl=tls_context(self.config.ca_file) if url.startswith("wss:") else None,

@@ -44,6 +44,7 @@ from dragoman.errors import (
     ConnectionLostError,
     SessionClosedError,
 )
+from dragoman.websocket import BatchedWritesConnection
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,7 @@ class SessionClient:
             try:
                 ws = await connect(
                     with_query(url, "key", self.key),
+                    create_connection=BatchedWritesConnection,
                     open_timeout=self.open_timeout,
                     max_size=MAX_FRAME_BYTES,
                     close_timeout=2,

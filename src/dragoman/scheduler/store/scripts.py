@@ -14,7 +14,6 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from dragoman.scheduler import metrics
@@ -66,31 +65,20 @@ class Scripts:
     still one atomic call, run in the order the calls were made; each caller gets its own reply or its
     own error, as if it had called alone. A Redis Cluster client sends each call to its shard."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, line: Multiplexed | None) -> None:
         self._client = client
         self._sources = {name: _source(name) for name in (*CELL_SCRIPTS, *OTHER_SCRIPTS)}
         self._shas: dict[str, str] = {}
         self._loading: asyncio.Task[None] | None = None
-        if isinstance(client, RedisCluster):
-            self._evalsha: Callable[..., Awaitable[Any]] = client.evalsha
-            self._line: Multiplexed | None = None
-        else:
-            self._line = Multiplexed(client.connection_pool)
-            self._evalsha = functools.partial(self._line.execute, "EVALSHA")
+        # A Cluster client sends each call to its shard; a standalone server takes them on the shared line.
+        self._evalsha: Callable[..., Awaitable[Any]] = (
+            client.evalsha if line is None else functools.partial(line.execute, "EVALSHA")
+        )
         metrics.SCRIPT_LATENCY.known(self._sources)
-
-    @property
-    def multiplexed(self) -> bool:
-        """The calls share one connection (a standalone server), rather than taking pooled ones."""
-        return self._line is not None
 
     async def load(self) -> None:
         for name, source in self._sources.items():
             self._shas[name] = await self._client.script_load(source)
-
-    async def close(self) -> None:
-        if self._line is not None:
-            await self._line.close()
 
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         started = time.perf_counter()

@@ -19,13 +19,12 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 
 from dragoman.config import Settings
 from dragoman.scheduler.store.keys import Keys
-from dragoman.scheduler.store.multiplex import pack
+from dragoman.scheduler.store.multiplex import Multiplexed, pack
 from dragoman.scheduler.store.records import (
     VERSION,
     Action,
@@ -95,7 +94,9 @@ def group_id(pairs: list[str]) -> str:
 
 
 CLUSTER_SCHEME = "redis+cluster://"
-BATCH = 64  # items per pipeline where an instance writes many at once (Store._in_batches)
+BATCH = 64  # items sent together where an instance writes many at once (Store._in_batches)
+INBOX_MAX = 100_000  # entries an inbox keeps (approximately); the oldest are trimmed first
+Command = tuple[Any, ...]  # a command and its arguments, as the server takes them
 
 
 def connect(url: str, max_connections: int, timeout_s: float) -> redis.Redis:
@@ -196,7 +197,8 @@ class Store:
         self.client = connect(url, settings.store_max_connections, timeout)
         self.blocking = connect(url, 4, timeout)  # blocking inbox reads never hold up request/response traffic
         self._calls = asyncio.Semaphore(settings.store_max_connections)
-        self._scripts = Scripts(self.client)
+        self._line = None if isinstance(self.client, RedisCluster) else Multiplexed(self.client.connection_pool)
+        self._scripts = Scripts(self.client, self._line)
         self._header_tail = [
             settings.job_timeout_ms,
             settings.pending_timeout_ms,
@@ -225,7 +227,8 @@ class Store:
             )
 
     async def close(self) -> None:
-        await self._scripts.close()
+        if self._line is not None:
+            await self._line.close()
         await self.client.aclose()
         await self.blocking.aclose()
 
@@ -249,7 +252,7 @@ class Store:
             raise redis.ConnectionError("no store connection free within the pool timeout") from None
 
     async def _script(self, name: str, keys: list[str], args: list[Any], reply: type[R]) -> R:
-        if self._scripts.multiplexed:  # one shared connection: nothing to wait for
+        if self._line is not None:  # the shared connection: nothing to wait for
             raw = await self._scripts.call(name, keys, args)
         else:
             await self._acquire()  # (not ``_connection()``: the hottest call, and a generator costs)
@@ -418,16 +421,15 @@ class Store:
             session_lists.setdefault(k.session_trace(session), []).append(msgspec.msgpack.encode(entry))
         ttl = self.settings.binding_ttl_ms
 
-        def job_steps(pipe: Pipeline, item: tuple[str, list[bytes]]) -> None:
-            pipe.rpushx(item[0], *item[1])  # type: ignore[arg-type]
+        def job_steps(item: tuple[str, list[bytes]]) -> list[Command]:
+            return [("RPUSHX", item[0], *item[1])]
 
-        def session_steps(pipe: Pipeline, item: tuple[str, list[bytes]]) -> None:
-            pipe.rpush(item[0], *item[1])
-            pipe.ltrim(item[0], -SESSION_TRACE_MAX, -1)
-            pipe.pexpire(item[0], ttl)  # as long as its jobs' records can live
+        def session_steps(item: tuple[str, list[bytes]]) -> list[Command]:
+            key = item[0]  # kept as long as its jobs' records can live
+            return [("RPUSH", key, *item[1]), ("LTRIM", key, -SESSION_TRACE_MAX, -1), ("PEXPIRE", key, ttl)]
 
-        def trace_session(pipe: Pipeline, item: tuple[str, str]) -> None:
-            pipe.set(k.trace_session(item[0]), item[1], px=ttl)
+        def trace_session(item: tuple[str, str]) -> list[Command]:
+            return [("SET", k.trace_session(item[0]), item[1], "PX", ttl)]
 
         await self._in_batches(list(job_lists.items()), job_steps)
         await self._in_batches(list(session_lists.items()), session_steps)
@@ -555,43 +557,53 @@ class Store:
     ) -> None:
         """The session's record; ``resume`` is the digest of the token a resume must present."""
         key = self.keys.session(session)
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"owner": instance, "actor": actor, "init": init, "trace": trace, "resume": resume})
-            pipe.pexpire(key, self.settings.resume_grace_ms)
-            await pipe.execute()
+        fields = ("owner", instance, "actor", actor, "init", init, "trace", trace, "resume", resume)
+        await self._commands([("HSET", key, *fields), ("PEXPIRE", key, self.settings.resume_grace_ms)])
 
     async def keep_sessions(self, sessions: list[tuple[str, int]]) -> None:
         """Renew the records of live sessions (they expire ``resume_grace_ms`` after their owner stops) and
         record up to which index each has delivered its outcomes, so a resume re-sends only the rest."""
         k = self.keys
 
-        def keep(pipe: Pipeline, item: tuple[str, int]) -> None:
+        def keep(item: tuple[str, int]) -> list[Command]:
             session, delivered = item
             key = k.session(session)
             index = k.session_jobs(k.home_cell(session), session)
-            pipe.hset(key, "delivered", delivered)
-            pipe.pexpire(key, self.settings.resume_grace_ms)
-            pipe.zremrangebyscore(index, "-inf", delivered)
-            pipe.pexpire(index, self.settings.binding_ttl_ms)
+            return [
+                ("HSET", key, "delivered", delivered),
+                ("PEXPIRE", key, self.settings.resume_grace_ms),
+                ("ZREMRANGEBYSCORE", index, "-inf", delivered),
+                ("PEXPIRE", index, self.settings.binding_ttl_ms),
+            ]
 
         await self._in_batches(sessions, keep)
 
-    async def _in_batches(self, items: Sequence[T], add: Callable[[Pipeline, T], None]) -> None:
-        """Pipelines of ``BATCH`` items each (``add`` puts an item's commands in): one pipeline of thousands
-        of commands would hold the event loop for tens of ms while it is built and its replies read (every
-        cut due meanwhile would wait); between two, the loop runs."""
+    async def _in_batches(self, items: Sequence[T], commands: Callable[[T], list[Command]]) -> None:
+        """The commands of ``BATCH`` items at a time: thousands at once would hold the event loop for
+        milliseconds while they are packed and their replies matched (every cut due meanwhile would wait);
+        between two batches, the loop runs."""
         for start in range(0, len(items), BATCH):
+            await self._commands([command for item in items[start : start + BATCH] for command in commands(item)])
+
+    async def _commands(self, commands: list[Command]) -> list[Any]:
+        """Commands sent together, their raw replies in order; the first error reply is raised (after every
+        command ran, as in a pipeline). A standalone store takes them on the scripts' shared connection."""
+        if self._line is not None:
+            sent = [self._line.send(command) for command in commands]
+            replies = [await reply for reply in sent]
+        else:
             async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-                for item in items[start : start + BATCH]:
-                    add(pipe, item)
-                await pipe.execute()
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def close_session(self, session: str) -> None:
         k = self.keys
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            pipe.delete(k.session(session))
-            pipe.delete(k.session_jobs(k.home_cell(session), session))
-            await pipe.execute()
+        await self._commands([("DEL", k.session(session)), ("DEL", k.session_jobs(k.home_cell(session), session))])
 
     async def claim_session(
         self, session: str, expected_actor: str, owner: str, actor: str, resume: str = "*"
@@ -634,10 +646,8 @@ class Store:
         """Note in the session's record the room it is in ("" = none) and its member record there, so that a
         resume brings it back into the room."""
         key = self.keys.session(session)
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping={"room": room, "member": member})
-            pipe.pexpire(key, self.settings.resume_grace_ms)  # never a record without its TTL
-            await pipe.execute()
+        ttl = self.settings.resume_grace_ms  # never a record without its TTL
+        await self._commands([("HSET", key, "room", room, "member", member), ("PEXPIRE", key, ttl)])
 
     # -- rooms ------------------------------------------------------------------------------------
 
@@ -774,8 +784,7 @@ class Store:
     async def post(self, instance: str, message: Routed, hops: int = 0) -> None:
         """Append a message to another instance's inbox (a stream; bounded, oldest trimmed first)."""
         entry = msgspec.msgpack.encode(Envelope(VERSION, message, hops))
-        async with self._connection():
-            await self.client.xadd(self.keys.inbox(instance), {"e": entry}, maxlen=100_000, approximate=True)
+        await self._commands([("XADD", self.keys.inbox(instance), "MAXLEN", "~", INBOX_MAX, "*", "e", entry)])
 
     async def open_inbox(self, instance: str) -> None:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
@@ -791,10 +800,7 @@ class Store:
 
     async def ack_inbox(self, instance: str, ids: list[bytes]) -> None:
         key = self.keys.inbox(instance)
-        async with self._connection(), self.client.pipeline(transaction=False) as pipe:
-            pipe.xack(key, INBOX_GROUP, *ids)
-            pipe.xdel(key, *ids)
-            await pipe.execute()
+        await self._commands([("XACK", key, INBOX_GROUP, *ids), ("XDEL", key, *ids)])
 
     async def inbox_stats(self, instance: str) -> tuple[int, int]:
         """(entries in the instance's inbox, entries read but not yet acknowledged)."""
