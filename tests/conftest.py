@@ -21,9 +21,10 @@ import uvicorn
 from dragoman.config import Settings
 from dragoman.scheduler.app import create_app
 from dragoman.scheduler.instance import Scheduler
-from dragoman.scheduler.server import UvicornServer, uvicorn_options
+from dragoman.scheduler.server import UvicornServer
 from dragoman.scheduler.store import Store
 from dragoman.scheduler.store.embedded import EmbeddedStore
+from dragoman.scheduler.transport import uvicorn_options
 
 from cluster import ValkeyCluster
 from peers import NODE_READY

@@ -22,11 +22,11 @@ from websockets.exceptions import ConnectionClosed
 
 from dragoman.config import Settings
 from dragoman.scheduler.connection import Connection
-from dragoman.scheduler.server import uvicorn_options
 from dragoman.scheduler.store import Store
 from dragoman.scheduler.store.embedded import EmbeddedStore
 from dragoman.scheduler.store.records import ProbeReply
 from dragoman.scheduler.store.store import _PACKED, BATCH
+from dragoman.scheduler.transport import uvicorn_options
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16

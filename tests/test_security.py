@@ -33,8 +33,8 @@ from dragoman.scheduler import metrics
 from dragoman.scheduler.app import create_app
 from dragoman.scheduler.auth import Auth, exposure_problem
 from dragoman.scheduler.instance import Scheduler
-from dragoman.scheduler.server import uvicorn_options
 from dragoman.scheduler.store import Store
+from dragoman.scheduler.transport import uvicorn_options
 from test_serve import serve
 
 from conftest import Running, StartDragoman, free_port, serve_app
