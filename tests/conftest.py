@@ -107,14 +107,17 @@ StartDragoman = Callable[..., Awaitable[Running]]
 CELLS = int(os.environ.get("DRAGOMAN_CELLS", "1"))
 
 
-async def start_dragoman(store_url: str, prefix: str | None = None, **overrides: Any) -> Running:
+async def start_dragoman(
+    store_url: str, prefix: str | None = None, plain_uvicorn: bool = False, **overrides: Any
+) -> Running:
+    """``plain_uvicorn``: uvicorn's own WebSocket protocol, as under any ASGI server (frames as ASGI messages)."""
     settings = Settings(key_prefix=prefix or f"t-{uuid.uuid4().hex[:10]}", log_level="warning", cells=CELLS)
     settings = settings.replace(**overrides)
     store = Store(settings, store_url)
     await store.open()
     scheduler = Scheduler(settings, store)
     await scheduler.start()
-    port, server, task = await serve_app(create_app(scheduler), **uvicorn_options(settings))
+    port, server, task = await serve_app(create_app(scheduler), **({} if plain_uvicorn else uvicorn_options(settings)))
     running = Running(port, scheduler, store, server, task)
     NODE_READY[running.node_url] = running.node_ready
     return running

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,12 +22,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from dragoman.config import Settings
-from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.connection import FRAMES_EXTENSION, Connection
 from dragoman.scheduler.store import Store
 from dragoman.scheduler.store.embedded import EmbeddedStore
 from dragoman.scheduler.store.records import ProbeReply
 from dragoman.scheduler.store.store import _PACKED, BATCH
-from dragoman.scheduler.transport import uvicorn_options
+from dragoman.scheduler.transport import UNREAD_FRAMES, uvicorn_options
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
@@ -112,8 +113,9 @@ async def test_frames_queued_together_arrive_in_order_then_the_close(server: str
         await task
 
 
-async def test_results_sent_just_before_the_node_closes_count(dragoman: StartDragoman) -> None:
-    d = await dragoman(cells=1)
+@pytest.mark.parametrize("plain_uvicorn", [False, True], ids=["dragoman", "plain uvicorn"])
+async def test_results_sent_just_before_the_node_closes_count(dragoman: StartDragoman, plain_uvicorn: bool) -> None:
+    d = await dragoman(cells=1, plain_uvicorn=plain_uvicorn)  # plain: frames read and written as ASGI messages
     async with LinguaWebClient(d.session_url) as client:
         node = LinguaNode(d.node_url, max_concurrent_jobs=40)
         await node.start()
@@ -149,3 +151,47 @@ async def test_many_sessions_are_renewed_in_several_pipelines_and_every_one_coun
     await store.keep_sessions([(session, i) for i, session in enumerate(sessions)])
     for i, session in enumerate(sessions):
         assert await store.client.hget(store.keys.session(session), "delivered") == str(i).encode()
+
+
+def _slow_reader_app(slow_frames: int) -> Starlette:
+    async def read(websocket: WebSocket) -> None:
+        await websocket.accept()
+        reader = websocket.scope["extensions"][FRAMES_EXTENSION]
+        received = []
+        async for text in reader.text_frames():
+            if len(received) < slow_frames:  # slower than the frames arrive: the unread ones pile up
+                await asyncio.sleep(0.002)
+            received.append(text)
+            if text == "end":
+                break
+        await websocket.send_text(json.dumps(received))
+        await websocket.close()
+
+    return Starlette(routes=[WebSocketRoute("/read", read)])
+
+
+async def test_frames_read_directly_arrive_in_order_past_the_unread_bound() -> None:
+    frames = [f"f{i}" for i in range(5 * UNREAD_FRAMES)]
+    port, uvicorn_server, task = await serve_app(_slow_reader_app(2 * UNREAD_FRAMES), **uvicorn_options(Settings()))
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/read") as ws:
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send(b"binary frames are ignored")
+            await ws.send("end")
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == [*frames, "end"]
+    finally:
+        uvicorn_server.should_exit = True
+        await task
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_its_socket_alone(dragoman: StartDragoman) -> None:
+    d = await dragoman(cells=1)
+    init = {"type": "session_init", "client_version": "t", "platform": "web", "src_lang": "zh", "tgt_lang": "en"}
+    async with connect(d.session_url) as bad, connect(d.session_url) as good:
+        await bad.send(b"\xff\xfe not UTF-8", text=True)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(bad.recv(), 5)
+        assert bad.close_code == 1007
+        await good.send(json.dumps(init))
+        assert json.loads(await asyncio.wait_for(good.recv(), 5))["type"] == "session_init_ack"

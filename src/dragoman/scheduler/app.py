@@ -17,7 +17,7 @@ from dragoman import protocol as p
 from dragoman.scheduler import http_api, metrics, ops, views
 from dragoman.scheduler.admission import Admission, client_check, guarded, operator_check
 from dragoman.scheduler.auth import Auth
-from dragoman.scheduler.connection import Connection
+from dragoman.scheduler.connection import FRAMES_EXTENSION, Connection, FrameReader
 from dragoman.scheduler.fleet import Fleet
 from dragoman.scheduler.instance import Scheduler
 from dragoman.scheduler.limits import ClientRates, RateLimitedLog
@@ -43,18 +43,25 @@ def _error(code: str, message: str) -> bytes:
 
 async def _text_frames(websocket: WebSocket, limit: int, socket: str) -> AsyncIterator[str | None]:
     """The socket's text frames until it closes; None for a frame over the size limit (counted as bad).
-    Binary frames are ignored (F3)."""
+    Binary frames are ignored (F3). Under ``dragoman serve`` the frames come from the server's protocol
+    directly (``FrameReader``), else as ASGI messages."""
+    reader: FrameReader | None = websocket.scope.get("extensions", {}).get(FRAMES_EXTENSION)
+    frames = reader.text_frames() if reader is not None else _asgi_text_frames(websocket)
+    async for text in frames:
+        if _too_large(text, limit):
+            metrics.BAD_FRAMES.inc(socket)
+            yield None
+        else:
+            yield text
+
+
+async def _asgi_text_frames(websocket: WebSocket) -> AsyncIterator[str]:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
-        if text is None:
-            continue
-        if _too_large(text, limit):
-            metrics.BAD_FRAMES.inc(socket)
-            yield None
-        else:
+        if text is not None:
             yield text
 
 

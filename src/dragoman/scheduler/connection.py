@@ -5,7 +5,7 @@ blocks the sender; a peer that falls ``max_backlog`` frames or ``max_unsent_byte
 at once (the frames still queued are dropped: a peer that does not read would never get them).
 
 The writer sends every frame queued by the time it runs: under ``dragoman serve`` they go in one write to the
-socket (the server's ``dragoman.frames`` extension, see ``dragoman.scheduler.server``), so the frames one
+socket (the server's ``dragoman.frames`` extension, see ``dragoman.scheduler.transport``), so the frames one
 event-loop turn makes for a socket cost one system call, not one each. Under another ASGI server they go one
 by one.
 """
@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from starlette.websockets import WebSocket
@@ -23,7 +24,15 @@ from starlette.websockets import WebSocket
 log = logging.getLogger(__name__)
 
 SLOW_READER = 1008  # policy violation: the close code of a peer dropped for not reading its frames
-FRAMES_EXTENSION = "dragoman.frames"  # the ASGI scope extension of a server that writes frames in batches
+FRAMES_EXTENSION = "dragoman.frames"  # the ASGI scope extension of a server that reads and writes frames directly
+
+
+class FrameReader(Protocol):
+    """What the server's WebSocket protocol offers under ``FRAMES_EXTENSION`` for reading."""
+
+    def text_frames(self) -> AsyncIterator[str]:
+        """The peer's text frames until the socket ends, without an ASGI message each."""
+        ...
 
 
 class FrameWriter(Protocol):
