@@ -27,7 +27,7 @@ from dragoman.scheduler.store import Store
 from dragoman.scheduler.store.embedded import EmbeddedStore
 from dragoman.scheduler.store.records import ProbeReply
 from dragoman.scheduler.store.store import _PACKED, BATCH
-from dragoman.scheduler.transport import UNREAD_FRAMES, uvicorn_options
+from dragoman.scheduler.transport import UNREAD_CHARS, UNREAD_FRAMES, uvicorn_options
 
 from conftest import StartDragoman, serve_app
 from peers import LinguaNode, LinguaWebClient, pcm16
@@ -164,14 +164,17 @@ def _slow_reader_app(slow_frames: int) -> Starlette:
             received.append(text)
             if text == "end":
                 break
-        await websocket.send_text(json.dumps(received))
+        await websocket.send_text(json.dumps([[text[:8], len(text)] for text in received]))  # in order, whole
         await websocket.close()
 
     return Starlette(routes=[WebSocketRoute("/read", read)])
 
 
-async def test_frames_read_directly_arrive_in_order_past_the_unread_bound() -> None:
-    frames = [f"f{i}" for i in range(5 * UNREAD_FRAMES)]
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_frames_read_directly_arrive_in_order_past_the_unread_bound(size: str) -> None:
+    # Small frames pass the bound on frames waiting, large ones the bound on their characters.
+    pad = "" if size == "small" else "x" * (UNREAD_CHARS // 8)
+    frames = [f"f{i}{pad}" for i in range(5 * UNREAD_FRAMES if size == "small" else 40)]
     port, uvicorn_server, task = await serve_app(_slow_reader_app(2 * UNREAD_FRAMES), **uvicorn_options(Settings()))
     try:
         async with connect(f"ws://127.0.0.1:{port}/read") as ws:
@@ -179,7 +182,7 @@ async def test_frames_read_directly_arrive_in_order_past_the_unread_bound() -> N
                 await ws.send(frame)
             await ws.send(b"binary frames are ignored")
             await ws.send("end")
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == [*frames, "end"]
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == [[t[:8], len(t)] for t in [*frames, "end"]]
     finally:
         uvicorn_server.should_exit = True
         await task

@@ -17,7 +17,10 @@ from dragoman.scheduler.connection import FRAMES_EXTENSION
 
 log = logging.getLogger("dragoman")
 
-UNREAD_FRAMES = 64  # frames received and not yet taken by the app; past it the socket is read no further
+# Frames received and not yet taken by the app: past either bound the socket is read no further (a frame can
+# be up to twice max_message_bytes: the characters bound keeps a slow reader's backlog to about a MiB).
+UNREAD_FRAMES = 64
+UNREAD_CHARS = 1 << 20
 
 
 class _AppQueue(asyncio.Queue[Any]):
@@ -45,6 +48,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self._app_queue = _AppQueue()
         self.queue = self._app_queue
         self._unread: collections.deque[str] | None = None  # the frames, once the app reads them directly
+        self._unread_chars = 0
         self._ended = False
         self._arrived: asyncio.Future[None] | None = None  # what text_frames waits on
 
@@ -66,8 +70,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     async def text_frames(self) -> AsyncIterator[str]:
         """The peer's text frames as they arrive, until the socket ends: taken from the protocol, not as an
         ASGI message each (no message, queue entry, Starlette layer or pause of the socket per frame; the
-        socket is paused only while ``UNREAD_FRAMES`` wait). Binary frames are ignored (F3). The app reads
-        the socket either this way or by ASGI ``receive``, not both."""
+        socket is paused only while ``UNREAD_FRAMES`` or ``UNREAD_CHARS`` wait). Binary frames are ignored
+        (F3). The app reads the socket either this way or by ASGI ``receive``, not both."""
         unread: collections.deque[str] = collections.deque()
         while not self.queue.empty():  # what arrived before the app asked
             message: Any = self.queue.get_nowait()
@@ -75,13 +79,16 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self._ended = True
             elif message.get("text") is not None:
                 unread.append(message["text"])
+                self._unread_chars += len(message["text"])
         self._unread = unread
         self._app_queue.ended = self._end
-        self._resume()
+        if not self._over_unread():
+            self._resume()
         while True:
             while unread:
                 frame = unread.popleft()
-                if self.read_paused and len(unread) < UNREAD_FRAMES // 2:
+                self._unread_chars -= len(frame)
+                if self.read_paused and not self._over_unread(half=True):
                     self._resume()
                 yield frame
             if self._ended:
@@ -98,16 +105,22 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_sent or self.curr_msg_data_type != "text":
             return  # past the app's close, or a binary frame (F3)
         try:
-            self._unread.append(data.decode())
+            text = data.decode()
         except UnicodeDecodeError:
             log.warning("%s on %s: a text frame that is not UTF-8; closed", _peer(self.client), self.scope["path"])
             self.conn.send_close(1007)
             self.handle_parser_exception()
             return
+        self._unread.append(text)
+        self._unread_chars += len(text)
         self._wake()
-        if len(self._unread) >= UNREAD_FRAMES and not self.read_paused:
+        if not self.read_paused and self._over_unread():
             self.read_paused = True
             self.transport.pause_reading()
+
+    def _over_unread(self, half: bool = False) -> bool:
+        frames, chars = (UNREAD_FRAMES // 2, UNREAD_CHARS // 2) if half else (UNREAD_FRAMES, UNREAD_CHARS)
+        return self._unread is not None and (len(self._unread) >= frames or self._unread_chars >= chars)
 
     def _end(self) -> None:
         self._ended = True
