@@ -2,8 +2,8 @@
 
 The store's scripts record each step that changes a job (created, waiting, assigned, accepted, running,
 result, failover, outcome) in the job's trace as they make it. The steps Dragoman takes outside the
-scripts, the cut and the delivery, are recorded here: buffered, and written every 100 ms in one
-pipelined call, off the path of the utterance. Traces are best effort: while the store is unreachable
+scripts, the cut and the delivery, are recorded here: buffered, and written every 100 ms, pipelined
+(``Store._in_batches``), off the path of the utterance. Traces are best effort: while the store is unreachable
 these steps are dropped, never retried, and never hold anything up.
 """
 
