@@ -5,13 +5,16 @@ Real valkey-server processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+import trustme
 from redis.exceptions import NoScriptError
 
 from dragoman.scheduler.store.embedded import EmbeddedStore
@@ -136,3 +139,42 @@ async def test_calls_after_close_fail_at_once(own_server: str) -> None:
     with pytest.raises(redis.ConnectionError, match="closed"):
         await line.execute("PING")
     await client.aclose()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def test_a_tls_store_works_and_reconnects(own_server: str, tmp_path: Path) -> None:
+    """``rediss://``: redis-py makes the TLS connection, the line takes over its transport. (The embedded
+    valkey is built without TLS: a TLS terminator in front of it, on loopback, with a CA of its own.)"""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def terminate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        up_reader, up_writer = await asyncio.open_unix_connection(own_server.removeprefix("unix://"))
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+
+    proxy = await asyncio.start_server(terminate, "127.0.0.1", 0, ssl=server_ctx)
+    port = proxy.sockets[0].getsockname()[1]
+    client, line = _line(f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca_pem}")
+    try:
+        assert await asyncio.gather(*(line.execute("INCR", "tls") for _ in range(100))) == list(range(1, 101))
+        accepted[-1].transport.abort()  # the TLS connection drops
+        with contextlib.suppress(redis.ConnectionError):  # a call may meet the drop, or a new connection
+            await line.execute("PING")
+        assert await line.execute("INCR", "tls") == 101
+        assert len(accepted) == 2
+    finally:
+        await line.close()
+        await client.aclose()
+        proxy.close()

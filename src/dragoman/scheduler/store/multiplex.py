@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 from typing import Any
 
 import hiredis
@@ -166,9 +167,11 @@ class Multiplexed(asyncio.Protocol):
 
     @staticmethod
     def _fail(replies: list[asyncio.Future[Any]], exc: BaseException) -> None:
+        """Each reply gets an exception of its own: one instance raised by many callers would gather all
+        their tracebacks."""
         for reply in replies:
             if not reply.done():
-                reply.set_result(exc)
+                reply.set_result(copy.copy(exc))
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
