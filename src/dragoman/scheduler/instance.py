@@ -406,9 +406,19 @@ class Scheduler:
         while not self._stopping:
             try:
                 entries = await self.store.read_inbox(self.instance_id, block_ms=1000)
-                for _, envelope in entries:
-                    if envelope is not None:
-                        await self.apply([envelope.message], forwarded=True, hops=envelope.hops)
+                # Carried out together: what one entry waits for (a ui_event posted back to the session's
+                # instance, a lookup) shares the store's round trips with the others' instead of waiting for
+                # them, and what each sends on a socket it sends before its first wait, in the entries' order.
+                # An entry that fails is logged and does not keep the rest of its batch from being carried out.
+                done = await asyncio.gather(
+                    *(self.apply([e.message], forwarded=True, hops=e.hops) for _, e in entries if e is not None),
+                    return_exceptions=True,
+                )
+                for failed in (d for d in done if isinstance(d, Exception)):
+                    if store_unavailable(failed):
+                        self.store_failed(failed)
+                    else:
+                        log.error("instance %s: inbox entry failed: %r", self.instance_id, failed, exc_info=failed)
                 if entries:
                     await self.store.ack_inbox(self.instance_id, [entry_id for entry_id, _ in entries])
                 delay = 0.05
