@@ -7,7 +7,8 @@ at once (the frames still queued are dropped: a peer that does not read would ne
 The writer sends every frame queued by the time it runs: under ``dragoman serve`` they go in one write to the
 socket (the server's ``dragoman.frames`` extension, see ``dragoman.scheduler.transport``), so the frames one
 event-loop turn makes for a socket cost one system call, not one each. Under another ASGI server they go one
-by one.
+by one. The same extension reads (``FrameReader``): the app takes the socket's frames from it, not as ASGI
+messages.
 """
 
 from __future__ import annotations
