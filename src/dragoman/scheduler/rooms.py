@@ -27,13 +27,14 @@ import msgspec
 
 from dragoman import protocol as p
 from dragoman.scheduler import metrics
+from dragoman.scheduler.ordering import Ordered, Slot
 from dragoman.scheduler.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
 from dragoman.scheduler.store_errors import store_unavailable
 
 if TYPE_CHECKING:
     from dragoman.scheduler.connection import Connection
     from dragoman.scheduler.instance import Scheduler
-    from dragoman.scheduler.session import SessionActor, Slot
+    from dragoman.scheduler.session import SessionActor
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,6 @@ def _mono_ms() -> float:
 def joined_at_now() -> str:
     """RFC 3339 UTC with microseconds, as lingua's ``joined_at``."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def gap_deadline(slots: dict[int, Slot], head_since: float, gap_timeout_ms: int) -> float | None:
-    """When the head slot of a delivery stream, unresolved while a later one waits behind it, is given up
-    (§12.3); None while nothing waits behind it."""
-    if not slots:
-        return None
-    it = iter(slots.values())
-    head = next(it)
-    if head.resolved_at is not None:
-        return None
-    waiting = [s.resolved_at for s in it if s.resolved_at is not None]
-    if not waiting:
-        return None
-    return max(head_since, min(waiting)) + gap_timeout_ms
 
 
 class RoomView(msgspec.Struct, frozen=True):
@@ -119,8 +105,7 @@ class RoomEvent:
 class _Stream:
     """The delivery stream of one speaker and one target language (§12.3)."""
 
-    slots: dict[int, Slot] = field(default_factory=dict)
-    head_since: float = field(default_factory=_mono_ms)
+    slots: Ordered = field(default_factory=lambda: Ordered(_mono_ms()))
     turn_node: tuple[str, str] | None = None  # (turn id, node): the turn's parts go to one node (MUST)
     session_node: str | None = None  # the node of this stream's last job (SHOULD)
 
@@ -511,9 +496,7 @@ class Membership:
     def add(self, lang: str, slot: Slot, turn: str) -> tuple[str, ...]:
         """A room job's slot in its language's stream; returns the nodes it should prefer."""
         stream = self._streams.setdefault(lang, _Stream())
-        if not stream.slots:
-            stream.head_since = _mono_ms()
-        stream.slots[slot.index] = slot
+        stream.slots.add(slot, _mono_ms())
         self._by_job[slot.job_id] = (lang, slot.index)
         return stream.prefer(turn)
 
@@ -535,36 +518,32 @@ class Membership:
         return stream.slots.get(where[1]) if stream is not None else None
 
     def unresolved(self) -> list[Slot]:
-        return [s for st in self._streams.values() for s in st.slots.values() if s.outcome is None and not s.frames]
+        return [slot for stream in self._streams.values() for slot in stream.slots.unresolved()]
 
     def idle(self) -> bool:
         return not any(st.slots for st in self._streams.values())
 
     def deadline(self) -> float | None:
         gap = self.actor.settings.gap_timeout_ms
-        due = [d for st in self._streams.values() if (d := gap_deadline(st.slots, st.head_since, gap)) is not None]
+        due = [d for stream in self._streams.values() if (d := stream.slots.gap_deadline(gap)) is not None]
         return min(due, default=None)
 
     async def on_wake(self, now: float) -> None:
         gap = self.actor.settings.gap_timeout_ms
         for stream in self._streams.values():
-            due = gap_deadline(stream.slots, stream.head_since, gap)
-            if due is not None and now >= due:
+            due = stream.slots.gap_deadline(gap)
+            head = stream.slots.head()
+            if due is not None and now >= due and head is not None:
                 metrics.GAP_TIMEOUTS.inc()
-                await self.actor._give_up([next(iter(stream.slots.values()))], "gap_timeout")
+                await self.actor._give_up([head], "gap_timeout")
 
     async def release(self) -> None:
         """Send each stream's resolved head slots, in index order, to the members of its language."""
         audience = self.view or self._left
         released = False
         for lang, stream in self._streams.items():
-            while stream.slots:
-                index, slot = next(iter(stream.slots.items()))
-                if slot.resolved_at is None:
-                    break
-                del stream.slots[index]
+            while (slot := stream.slots.pop_released(_mono_ms())) is not None:
                 self._by_job.pop(slot.job_id, None)
-                stream.head_since = _mono_ms()
                 frames = slot.frames or self.actor._outcome_frames(slot)
                 released = True
                 if audience is None:

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,7 +20,8 @@ import msgspec
 from dragoman import logs
 from dragoman import protocol as p
 from dragoman.scheduler import frames, jobs, metrics
-from dragoman.scheduler.rooms import Membership, RoomEvent, gap_deadline
+from dragoman.scheduler.ordering import Ordered, Slot
+from dragoman.scheduler.rooms import Membership, RoomEvent
 from dragoman.scheduler.segmenter import PADDING_MS, PAUSE_CUTS, Cut, CutReason, Segmenter
 from dragoman.scheduler.store import Outcome, SessionSnapshot, assigned_node, now_ms
 
@@ -32,30 +33,6 @@ log = logging.getLogger(__name__)
 
 def _mono_ms() -> float:
     return time.monotonic() * 1000
-
-
-@dataclass(slots=True)
-class Slot:
-    """One utterance index with a job: waits for the job's outcome, then for its turn to be released."""
-
-    index: int
-    job_id: str
-    cell: int  # the store cell that holds the job (-1: none yet)
-    streaming: bool
-    pair: str
-    trace: str
-    client_ts: int | None
-    outcome: Outcome | None = None
-    frames: list[bytes] = field(default_factory=list)  # set when resolved by Dragoman itself
-    resolved_at: float | None = None
-    _result: p.JobResult | None = None
-
-    def result(self) -> p.JobResult:
-        """The node's ``job_result`` behind the outcome, decoded once however often it is read."""
-        if self._result is None:
-            detail = self.outcome.detail if self.outcome is not None else None
-            self._result = frames.decode_result(detail or "")
-        return self._result
 
 
 @dataclass(slots=True)
@@ -121,9 +98,8 @@ class SessionActor:
         self.delivered = -1  # outcomes up to this index have been sent
         self.segmenter = Segmenter(self.settings)
         self.next_index = 0  # the next utterance index (§10.2, §11.3)
-        self.slots: dict[int, Slot] = {}  # unreleased slots, in increasing index order
+        self.slots = Ordered(_mono_ms())  # the unreleased slots
         self._by_job: dict[str, int] = {}
-        self._head_since = _mono_ms()
         self._held: dict[int, tuple[p.Utterance, float]] = {}  # utterance messages waiting for lower indices
         self.held_bytes = 0  # their audio, bounded by max_held_bytes_per_session and (all sessions) max_held_bytes
         self._held_since: float | None = None
@@ -156,7 +132,7 @@ class SessionActor:
             elif record.resolved:
                 slot.outcome = record.outcome()
                 slot.resolved_at = now
-            self.slots[index] = slot
+            self.slots.add(slot, now)
             self._by_job[job_id] = index
 
     # -- the actor's inbox (called from other tasks) ----------------------------------------------
@@ -252,13 +228,13 @@ class SessionActor:
             await self._dispatch_held(force=True)
         gap = self._gap_deadline()
         if gap is not None and now >= gap:
-            head = next(iter(self.slots.values()))
+            head = self.slots.head()
+            assert head is not None  # a gap deadline is the head's
             metrics.GAP_TIMEOUTS.inc()
             await self._give_up([head], "gap_timeout")
         await self.room.on_wake(now)
         if self._closing_until is not None and now >= self._closing_until:
-            unresolved = [s for s in self.slots.values() if s.outcome is None and not s.frames]
-            await self._give_up(unresolved + self.room.unresolved(), "session_close")
+            await self._give_up(self.slots.unresolved() + self.room.unresolved(), "session_close")
 
     # -- client messages ----------------------------------------------------------------------------
 
@@ -452,10 +428,8 @@ class SessionActor:
         why the utterance ended and its audio length, for its trace."""
         targets = self.room.targets()
         if targets is None:
-            if not self.slots:
-                self._head_since = _mono_ms()
             slot = Slot(index, "", -1, streaming, "", trace, client_ts)
-            self.slots[index] = slot
+            self.slots.add(slot, _mono_ms())
             node = await self._create_job(
                 slot, received, src_lang, tgt_lang, turn, self._preferred_nodes(turn), fields, cut
             )
@@ -591,21 +565,16 @@ class SessionActor:
 
     def _gap_deadline(self) -> float | None:
         """When the head slot, unresolved while a later one waits behind it, is given up (§12.3)."""
-        return gap_deadline(self.slots, self._head_since, self.settings.gap_timeout_ms)
+        return self.slots.gap_deadline(self.settings.gap_timeout_ms)
 
     async def _release(self) -> None:
         """Send every resolved slot at the head, in index order."""
-        while self.slots:
-            index, slot = next(iter(self.slots.items()))
-            if slot.resolved_at is None:
-                break
-            del self.slots[index]
+        while (slot := self.slots.pop_released(_mono_ms())) is not None:
             self._by_job.pop(slot.job_id, None)
-            self._head_since = _mono_ms()
             for frame in slot.frames or self._outcome_frames(slot):
                 await self.send(frame)
-            self.scheduler.traces.delivered(slot.job_id, slot.cell, index)
-            self.delivered = index
+            self.scheduler.traces.delivered(slot.job_id, slot.cell, slot.index)
+            self.delivered = slot.index
             self.scheduler.delivered_dirty.add(self.id)
         await self.room.release()
         if self._closing_until is not None and not self.slots and self.room.idle() and not self._closed:
