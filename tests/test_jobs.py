@@ -55,3 +55,13 @@ def test_a_one_way_job_has_one_pool_and_auto_without_both_languages_none() -> No
     assert (jobs.job_spec(one_way, tgt="en", owner="", result_ttl_ms=1).pair2) == ""
     lost = jobs.session_assign(init(src_lang="auto"), "s-1", 0, "job-4", "t", "auto", "en", "turn", fields())
     assert (jobs.job_spec(lost, tgt="en", owner="", result_ttl_ms=1).pair) == ""  # no node can be eligible
+
+
+def test_affinity_prefers_the_turns_node_then_the_last_one() -> None:
+    affinity = jobs.Affinity()
+    assert affinity.prefer("turn-1") == ()
+    affinity.placed("turn-1", "node-a")
+    assert affinity.prefer("turn-1") == ("node-a",)  # the same turn: its node, once
+    assert affinity.prefer("turn-2") == ("node-a",)  # another turn: the last node, as a preference
+    affinity.placed("turn-2", "node-b")
+    assert affinity.prefer("turn-1") == ("node-b",)  # turn-1 is over: only the last node

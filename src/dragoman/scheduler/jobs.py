@@ -3,6 +3,7 @@ functions of their arguments, shared by the session path and the HTTP job API.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from dragoman import protocol as p
@@ -73,3 +74,24 @@ def job_spec(
         guard=guard,
         room=room,
     )
+
+
+@dataclass(slots=True)
+class Affinity:
+    """Which nodes a delivery stream's next job should go to if they can take it: its turn's node (the parts
+    of one long utterance go to one node: MUST), then the node of the stream's last job (SHOULD)."""
+
+    turn_node: tuple[str, str] | None = None  # (turn id, node)
+    last_node: str | None = None
+
+    def prefer(self, turn: str) -> tuple[str, ...]:
+        prefer = []
+        if self.turn_node is not None and self.turn_node[0] == turn:
+            prefer.append(self.turn_node[1])
+        if self.last_node is not None and self.last_node not in prefer:
+            prefer.append(self.last_node)
+        return tuple(prefer)
+
+    def placed(self, turn: str, node: str) -> None:
+        self.turn_node = (turn, node)
+        self.last_node = node

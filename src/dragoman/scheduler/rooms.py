@@ -27,6 +27,7 @@ import msgspec
 
 from dragoman import protocol as p
 from dragoman.scheduler import metrics
+from dragoman.scheduler.jobs import Affinity
 from dragoman.scheduler.ordering import Ordered, Slot
 from dragoman.scheduler.store import RoomFrame, RoomMember, RoomState, SessionSnapshot
 from dragoman.scheduler.store_errors import store_unavailable
@@ -106,16 +107,7 @@ class _Stream:
     """The delivery stream of one speaker and one target language (§12.3)."""
 
     slots: Ordered = field(default_factory=lambda: Ordered(_mono_ms()))
-    turn_node: tuple[str, str] | None = None  # (turn id, node): the turn's parts go to one node (MUST)
-    session_node: str | None = None  # the node of this stream's last job (SHOULD)
-
-    def prefer(self, turn: str) -> tuple[str, ...]:
-        prefer = []
-        if self.turn_node is not None and self.turn_node[0] == turn:
-            prefer.append(self.turn_node[1])
-        if self.session_node is not None and self.session_node not in prefer:
-            prefer.append(self.session_node)
-        return tuple(prefer)
+    affinity: Affinity = field(default_factory=Affinity)
 
 
 class JoinLimiter:
@@ -498,7 +490,7 @@ class Membership:
         stream = self._streams.setdefault(lang, _Stream())
         stream.slots.add(slot, _mono_ms())
         self._by_job[slot.job_id] = (lang, slot.index)
-        return stream.prefer(turn)
+        return stream.affinity.prefer(turn)
 
     def placed(self, lang: str, slot: Slot, old_job_id: str, node: str | None, turn: str) -> None:
         """The store answered for the slot's job (maybe another job id: the slot had one), on ``node``."""
@@ -507,8 +499,7 @@ class Membership:
             self._by_job[slot.job_id] = (lang, slot.index)
         stream = self._streams.get(lang)
         if node is not None and stream is not None:
-            stream.session_node = node
-            stream.turn_node = (turn, node)
+            stream.affinity.placed(turn, node)
 
     def slot(self, job_id: str) -> Slot | None:
         where = self._by_job.get(job_id)

@@ -105,8 +105,7 @@ class SessionActor:
         self._held_since: float | None = None
         self._resumed_below = 0  # utterance indexes a resumed session had taken before it was resumed
         self._group: _Group | None = None
-        self._session_node: str | None = None  # the node of the session's last job (affinity)
-        self._turn_node: tuple[str, str] | None = None  # (turn id, node) of the last job's turn
+        self._affinity = jobs.Affinity()  # the nodes its next job should prefer
         self._closing_until: float | None = None
         self._closed = False
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -431,11 +430,10 @@ class SessionActor:
             slot = Slot(index, "", -1, streaming, "", trace, client_ts)
             self.slots.add(slot, _mono_ms())
             node = await self._create_job(
-                slot, received, src_lang, tgt_lang, turn, self._preferred_nodes(turn), fields, cut
+                slot, received, src_lang, tgt_lang, turn, self._affinity.prefer(turn), fields, cut
             )
             if node is not None:
-                self._session_node = node
-                self._turn_node = (turn, node)
+                self._affinity.placed(turn, node)
             return
         for lang in targets:
             slot = Slot(index, p.new_job_id(), -1, streaming, "", trace, client_ts)
@@ -498,16 +496,6 @@ class SessionActor:
         self.scheduler.traces.cut(self.id, slot.index, slot.job_id, slot.cell, slot.trace, finalized_ms, *cut)
         metrics.dispatched((_mono_ms() - received) / 1000)
         return assigned_node(created.actions, created.job_id)
-
-    def _preferred_nodes(self, turn: str) -> tuple[str, ...]:
-        """The nodes a new job should go to if they can take it: the turn's (the parts of one long
-        utterance go to one node: MUST), then the session's last one (SHOULD)."""
-        prefer = []
-        if self._turn_node is not None and self._turn_node[0] == turn:
-            prefer.append(self._turn_node[1])
-        if self._session_node is not None and self._session_node not in prefer:
-            prefer.append(self._session_node)
-        return tuple(prefer)
 
     async def _give_up(self, slots: list[Slot], reason: str) -> None:
         """Resolve slots as timed out on Dragoman's side (gap timeout, close grace) and cancel their jobs."""
